@@ -1,0 +1,23 @@
+"""The telematics gateway (TCU): UDS flasher and diagnostics towards the ECUs.
+
+The tester side of the harness. :class:`~gateway.diag.DiagChannel` gives a
+udsoncan client to one ECU over can-isotp on any python-can bus;
+:class:`~gateway.flasher.Flasher` runs the ISO 14229 reprogramming sequence.
+"""
+
+from gateway.diag import DiagChannel
+from gateway.errors import DiagnosticError, DiagnosticTimeout, GatewayError, ImageRejected
+from gateway.flasher import FlashFailure, Flasher, FlashProgress, FlashResult, FlashStep
+
+__all__ = [
+    "DiagChannel",
+    "DiagnosticError",
+    "DiagnosticTimeout",
+    "FlashFailure",
+    "FlashProgress",
+    "FlashResult",
+    "FlashStep",
+    "Flasher",
+    "GatewayError",
+    "ImageRejected",
+]

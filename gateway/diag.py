@@ -1,0 +1,267 @@
+"""A tester's diagnostic channel to one ECU: udsoncan's client over can-isotp.
+
+:class:`DiagChannel` opens a physical ISO-TP connection (with the ECU's
+transport parameters from the vehicle file) and a functional sender on the
+vehicle's functional request id, and configures udsoncan with the DID codecs
+and the seed/key algorithm of the wire contract. The bus and its notifier are
+passed in, so the same code runs on a virtual bus, vcan or a real adapter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any, TypeVar
+
+import can
+import isotp
+import udsoncan
+from udsoncan import DidCodec
+from udsoncan.client import Client
+from udsoncan.connections import PythonIsoTpConnection
+from udsoncan.exceptions import (
+    InvalidResponseException,
+    NegativeResponseException,
+    TimeoutException,
+    UnexpectedResponseException,
+)
+
+from gateway.errors import DiagnosticError, DiagnosticTimeout
+from ota_formats.uds import DID_SIZES, BootStatus, Did, security_key, unpad_ascii
+from ota_formats.vehicle import EcuSpec, VehicleSpec
+
+T = TypeVar("T")
+
+
+class AsciiRecord(DidCodec):  # type: ignore[misc]
+    """A fixed-size, space-padded ASCII DID record."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def encode(self, value: Any) -> bytes:
+        """Pad ``value`` to the record size."""
+        raw = str(value).encode("ascii")
+        if len(raw) > self.size:
+            raise ValueError(f"value longer than {self.size} characters")
+        return raw + b" " * (self.size - len(raw))
+
+    def decode(self, payload: bytes) -> str:
+        """Strip the padding."""
+        return unpad_ascii(payload)
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class RawRecord(DidCodec):  # type: ignore[misc]
+    """A fixed-size binary DID record, passed through as bytes."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def encode(self, value: Any) -> bytes:
+        """Check the size."""
+        data = bytes(value)
+        if len(data) != self.size:
+            raise ValueError(f"record must have {self.size} bytes")
+        return data
+
+    def decode(self, payload: bytes) -> bytes:
+        """Return the bytes."""
+        return bytes(payload)
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class BootStatusRecord(DidCodec):  # type: ignore[misc]
+    """The boot status record (DID 0xF1A0)."""
+
+    def encode(self, value: Any) -> bytes:
+        """Pack a :class:`BootStatus`."""
+        return bytes(value.pack())
+
+    def decode(self, payload: bytes) -> BootStatus:
+        """Unpack a :class:`BootStatus`."""
+        return BootStatus.unpack(bytes(payload))
+
+    def __len__(self) -> int:
+        return DID_SIZES[Did.BOOT_STATUS]
+
+
+DID_CODECS: dict[int, DidCodec] = {
+    Did.ACTIVE_SESSION: DidCodec(">B"),
+    Did.PART_NUMBER: AsciiRecord(DID_SIZES[Did.PART_NUMBER]),
+    Did.APP_SOFTWARE_VERSION: AsciiRecord(DID_SIZES[Did.APP_SOFTWARE_VERSION]),
+    Did.SERIAL_NUMBER: AsciiRecord(DID_SIZES[Did.SERIAL_NUMBER]),
+    Did.VIN: AsciiRecord(DID_SIZES[Did.VIN]),
+    Did.HARDWARE_ID: AsciiRecord(DID_SIZES[Did.HARDWARE_ID]),
+    Did.TESTER_SERIAL: RawRecord(DID_SIZES[Did.TESTER_SERIAL]),
+    Did.PROGRAMMING_DATE: RawRecord(DID_SIZES[Did.PROGRAMMING_DATE]),
+    Did.BOOT_STATUS: BootStatusRecord(),
+}
+
+
+def nrc_name(code: int) -> str:
+    """Return the ISO 14229-1 name of a negative response code."""
+    name: str = udsoncan.ResponseCode.get_name(code)
+    return name
+
+
+def describe_failure(exc: BaseException) -> DiagnosticError:
+    """Turn a udsoncan / ISO-TP exception into a :class:`DiagnosticError` with a clear text."""
+    if isinstance(exc, DiagnosticError):
+        return exc
+    if isinstance(exc, NegativeResponseException):
+        code = exc.response.code
+        return DiagnosticError(f"negative response 0x{code:02X} ({nrc_name(code)})", nrc=code)
+    if isinstance(exc, TimeoutException):
+        return DiagnosticTimeout(f"no response: {exc}")
+    if isinstance(exc, InvalidResponseException | UnexpectedResponseException):
+        return DiagnosticError(f"invalid response: {exc}")
+    return DiagnosticError(f"{type(exc).__name__}: {exc}")
+
+
+class _NoReception:
+    """rxfn of a send-only ISO-TP layer: functional requests get no reply on their own id."""
+
+    def __call__(self, timeout: float) -> None:
+        time.sleep(timeout)
+
+
+class DiagChannel:
+    """udsoncan clients to one ECU: ``client`` (physical) and :meth:`functional` requests."""
+
+    def __init__(
+        self,
+        bus: can.BusABC,
+        notifier: can.Notifier,
+        vehicle: VehicleSpec,
+        ecu: EcuSpec,
+        *,
+        p2_timeout_s: float = 1.0,
+        p2_star_timeout_s: float | None = None,
+    ) -> None:
+        self.vehicle = vehicle
+        self.ecu = ecu
+        self.bus = bus
+        params = ecu.isotp.params(fd=vehicle.can.fd)
+        # Without a blocking send, udsoncan would start P2 before a long request is even out.
+        params["blocking_send"] = True
+        mode = isotp.AddressingMode.Normal_11bits
+        self._stack = isotp.NotifierBasedCanStack(
+            bus,
+            notifier,
+            address=isotp.Address(mode, txid=ecu.request_id, rxid=ecu.response_id),
+            params=params,
+        )
+        self._functional_stack = isotp.TransportLayer(
+            rxfn=_NoReception(),
+            txfn=self._send_frame,
+            address=isotp.AsymmetricAddress(
+                tx_addr=isotp.Address(mode, txid=vehicle.functional_request_id, tx_only=True),
+                rx_addr=isotp.Address(mode, rxid=ecu.response_id, rx_only=True),
+            ),
+            params=params,
+        )
+        secret = ecu.security_secret
+        config = dict(udsoncan.configs.default_client_config)
+        config.update(
+            {
+                "security_algo": lambda level, seed, params=None: security_key(secret, seed),
+                "data_identifiers": DID_CODECS,
+                "p2_timeout": p2_timeout_s,
+                "p2_star_timeout": p2_star_timeout_s or ecu.timing.p2_star_ms / 1000 + 1.0,
+                "use_server_timing": False,
+                "request_timeout": None,
+                "server_address_format": 32,
+                "server_memorysize_format": 32,
+            }
+        )
+        self._connection = PythonIsoTpConnection(self._stack, name=f"{ecu.name}-physical")
+        self._functional_connection = PythonIsoTpConnection(
+            self._functional_stack, name=f"{ecu.name}-functional"
+        )
+        self.client = Client(self._connection, config=config)
+        self._functional_client = Client(self._functional_connection, config=config)
+        self._functional_lock = threading.Lock()
+        self._open = False
+
+    def _send_frame(self, frame: isotp.CanMessage) -> None:
+        self.bus.send(
+            can.Message(
+                arbitration_id=frame.arbitration_id,
+                data=frame.data,
+                is_extended_id=frame.is_extended_id,
+                is_fd=frame.is_fd,
+                bitrate_switch=frame.bitrate_switch,
+            )
+        )
+
+    def open(self) -> DiagChannel:
+        """Start the ISO-TP layers."""
+        if not self._open:
+            self.client.open()
+            self._functional_client.open()
+            self._open = True
+        return self
+
+    def close(self) -> None:
+        """Stop the ISO-TP layers."""
+        if self._open:
+            self._open = False
+            self._functional_client.close()
+            self.client.close()
+
+    def __enter__(self) -> DiagChannel:
+        return self.open()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def call(self, action: Callable[[Client], T]) -> T:
+        """Run ``action(client)``; udsoncan and ISO-TP errors become :class:`DiagnosticError`."""
+        try:
+            return action(self.client)
+        except DiagnosticError:
+            raise
+        except Exception as exc:
+            raise describe_failure(exc) from exc
+
+    def functional(self, action: Callable[[Client], Any]) -> None:
+        """Send a request to every ECU (functional address) with the positive reply suppressed."""
+        with self._functional_lock:
+            try:
+                with self._functional_client.suppress_positive_response:
+                    action(self._functional_client)
+            except Exception as exc:
+                raise describe_failure(exc) from exc
+
+    def raw(self, payload: bytes, timeout_s: float) -> bytes | None:
+        """Send raw bytes physically; return the first reply, or ``None`` after ``timeout_s``."""
+        self._connection.empty_rxqueue()
+        self._connection.send(payload)
+        try:
+            frame: bytes = self._connection.wait_frame(timeout=timeout_s, exception=True)
+        except TimeoutException:
+            return None
+        return frame
+
+    @contextlib.contextmanager
+    def timeouts(self, p2_timeout_s: float) -> Iterator[None]:
+        """Temporarily use another P2 client timeout (e.g. to poll an ECU that is booting)."""
+        previous = self.client.config["p2_timeout"]
+        self.client.set_config("p2_timeout", p2_timeout_s)
+        try:
+            yield
+        finally:
+            self.client.set_config("p2_timeout", previous)

@@ -1,0 +1,25 @@
+"""Exceptions of the gateway: one root, builtin mixins where they fit."""
+
+
+class GatewayError(Exception):
+    """Root of every error raised by :mod:`gateway`."""
+
+
+class DiagnosticError(GatewayError):
+    """A diagnostic request failed (negative response, timeout, invalid response)."""
+
+    def __init__(self, message: str, *, nrc: int | None = None, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.nrc = nrc
+        self.timeout = timeout
+
+
+class DiagnosticTimeout(DiagnosticError, TimeoutError):
+    """The ECU did not answer in time."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, timeout=True)
+
+
+class ImageRejected(GatewayError, ValueError):
+    """An image is unsuitable for the target before anything is sent."""

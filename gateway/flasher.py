@@ -1,0 +1,522 @@
+"""The UDS flasher: the ISO 14229 reprogramming sequence for one ECU.
+
+::
+
+    functional 10 83          every ECU to the extended session (no replies)
+    10 03                     target in the extended session
+    31 01 02 03               check programming preconditions
+    functional 85 82, 28 83 01  DTC setting off, normal communication off
+    10 02, 27 11 / 27 12      programming session, security access
+    2E F1 98 / 2E F1 99       fingerprint (tester serial, date)
+    31 01 FF 00 ...           erase (NRC 0x78 while it runs)
+    34 00 44 ...              RequestDownload (maxNumberOfBlockLength honoured)
+    36 nn ...                 TransferData, block counter 1..FF, 00, 01 ...
+    37                        RequestTransferExit
+    31 01 02 02 <crc32>       check memory
+    31 01 FF 01               check programming dependencies (signature, hw, anti-rollback)
+    11 01                     reset: the ECU tries its new image
+    22 F1 89 / F1 A0          the ECU runs the new version?
+    functional 28 80 01, 85 81, 10 81   restore the vehicle
+
+A functional TesterPresent (3E 80) keeps every ECU in its session meanwhile.
+The result says which step failed and why (NRC, timeout, status record) and
+what the ECU runs afterwards. Clock and sleep are injected.
+"""
+
+from __future__ import annotations
+
+import datetime
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from udsoncan import MemoryLocation, services
+
+from gateway.diag import DiagChannel, nrc_name
+from gateway.errors import DiagnosticError
+from ota_formats import ImageFormatError, parse_image
+from ota_formats.uds import (
+    ADDRESS_AND_LENGTH_FORMAT,
+    APP_ADDRESS,
+    DID_SIZES,
+    BootResult,
+    BootStatus,
+    CheckMemoryStatus,
+    DependencyStatus,
+    Did,
+    PreconditionFlags,
+    Routine,
+    SecurityLevel,
+    Session,
+    bank_name,
+)
+
+
+class FlashStep(StrEnum):
+    """The steps of a flash, in order."""
+
+    IDENTIFY = "identify"
+    EXTENDED_SESSION = "extended session"
+    PRECONDITIONS = "preconditions"
+    DISABLE_DTC_SETTING = "DTC setting off"
+    DISABLE_COMMUNICATION = "communication off"
+    PROGRAMMING_SESSION = "programming session"
+    SECURITY_ACCESS = "security access"
+    FINGERPRINT = "fingerprint"
+    ERASE = "erase"
+    REQUEST_DOWNLOAD = "request download"
+    TRANSFER = "transfer"
+    TRANSFER_EXIT = "transfer exit"
+    CHECK_MEMORY = "check memory"
+    CHECK_DEPENDENCIES = "check dependencies"
+    RESET = "reset"
+    VERIFY = "verify"
+
+
+@dataclass(frozen=True)
+class FlashProgress:
+    """Reported at the start of each step and after each transferred block."""
+
+    ecu: str
+    step: FlashStep
+    bytes_sent: int
+    bytes_total: int
+
+
+@dataclass(frozen=True)
+class FlashFailure:
+    """Where and why a flash failed."""
+
+    step: FlashStep
+    reason: str
+    nrc: int | None = None
+    timeout: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.step}: {self.reason}"
+
+
+@dataclass
+class FlashResult:
+    """The outcome of one flash."""
+
+    ecu: str
+    image_version: str
+    bytes_total: int
+    ok: bool = False
+    version_before: str | None = None
+    version_after: str | None = None
+    boot_status_after: BootStatus | None = None
+    failure: FlashFailure | None = None
+    duration_s: float = 0.0
+    transfer_s: float = 0.0
+    step_durations_s: dict[FlashStep, float] = field(default_factory=dict)
+    retries: int = 0
+
+    @property
+    def throughput_bps(self) -> float:
+        """Bytes per second over the transfer (TransferData) phase."""
+        return self.bytes_total / self.transfer_s if self.transfer_s > 0 else 0.0
+
+    @property
+    def outcome(self) -> str:
+        """One line for a report."""
+        if self.ok:
+            return "flashed"
+        assert self.failure is not None
+        return f"failed at {self.failure}"
+
+
+class _StepFailed(Exception):
+    def __init__(self, failure: FlashFailure) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+
+
+ProgressCallback = Callable[[FlashProgress], None]
+
+
+def bcd_date(day: datetime.date) -> bytes:
+    """Encode a date as 3 BCD bytes YY MM DD (DID 0xF199)."""
+    return bytes(int(f"{v:02d}", 16) for v in (day.year % 100, day.month, day.day))
+
+
+class Flasher:
+    """Flashes signed images into one ECU over a :class:`~gateway.diag.DiagChannel`."""
+
+    def __init__(
+        self,
+        channel: DiagChannel,
+        *,
+        on_progress: ProgressCallback | None = None,
+        keepalive_interval_s: float = 2.0,
+        boot_timeout_s: float = 5.0,
+        transfer_retries: int = 2,
+        tester_serial: bytes = b"HILTESTER1",
+        check_compatibility: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        today: Callable[[], datetime.date] = datetime.date.today,
+    ) -> None:
+        if len(tester_serial) != DID_SIZES[Did.TESTER_SERIAL]:
+            raise ValueError(f"tester serial must have {DID_SIZES[Did.TESTER_SERIAL]} bytes")
+        self.channel = channel
+        self.on_progress = on_progress
+        self.keepalive_interval_s = keepalive_interval_s
+        self.boot_timeout_s = boot_timeout_s
+        self.transfer_retries = transfer_retries
+        self.tester_serial = tester_serial
+        self.check_compatibility = check_compatibility
+        self.clock = clock
+        self.sleep = sleep
+        self.today = today
+        self._keepalive_stop = threading.Event()
+        self._keepalive_thread: threading.Thread | None = None
+        self._current: tuple[FlashStep, float] | None = None
+        self._sent = 0
+
+    @property
+    def ecu(self) -> str:
+        """Name of the target ECU."""
+        return self.channel.ecu.name
+
+    # -- public ------------------------------------------------------------------------
+
+    def read_identity(self) -> tuple[str, str, BootStatus]:
+        """Return (software version, hardware id, boot status) of the ECU."""
+        values = self.channel.call(
+            lambda c: c.read_data_by_identifier(
+                [Did.APP_SOFTWARE_VERSION, Did.HARDWARE_ID, Did.BOOT_STATUS]
+            )
+        ).service_data.values
+        return (
+            values[Did.APP_SOFTWARE_VERSION],
+            values[Did.HARDWARE_ID],
+            values[Did.BOOT_STATUS],
+        )
+
+    def flash(self, image: bytes) -> FlashResult:
+        """Run the whole sequence; never raises for ECU-side failures (see the result)."""
+        started = self.clock()
+        try:
+            header = parse_image(image).header
+            version = header.version
+        except ImageFormatError:
+            header = None
+            version = "?"
+        result = FlashResult(ecu=self.ecu, image_version=version, bytes_total=len(image))
+        self._current = None
+        self._sent = 0
+        comm_disabled = False
+        try:
+            self._step(result, FlashStep.IDENTIFY, len(image))
+            try:
+                current, hardware, _status = self.read_identity()
+            except DiagnosticError as exc:
+                raise self._failure(FlashStep.IDENTIFY, exc) from exc
+            result.version_before = current
+            if self.check_compatibility:
+                self._check_image(header, hardware)
+            comm_disabled = True
+            self._program(result, image)
+            result.ok = True
+        except _StepFailed as failed:
+            result.failure = failed.failure
+        finally:
+            self._step(result, None, len(image))
+            self._stop_keepalive()
+            if comm_disabled:
+                self._restore(result)
+            result.duration_s = self.clock() - started
+        return result
+
+    # -- the sequence -----------------------------------------------------------------------
+
+    def _check_image(self, header: object, hardware: str) -> None:
+        if header is None:
+            raise _StepFailed(FlashFailure(FlashStep.IDENTIFY, "the file is not a signed image"))
+        image_hw = getattr(header, "hardware_id", "")
+        if image_hw != hardware:
+            raise _StepFailed(
+                FlashFailure(
+                    FlashStep.IDENTIFY,
+                    f"image is for hardware {image_hw!r}, the ECU is {hardware!r}",
+                )
+            )
+
+    def _program(self, result: FlashResult, image: bytes) -> None:
+        ch = self.channel
+        total = len(image)
+
+        self._step(result, FlashStep.EXTENDED_SESSION, total)
+        self._functional(FlashStep.EXTENDED_SESSION, lambda c: c.change_session(Session.EXTENDED))
+        self._call(FlashStep.EXTENDED_SESSION, lambda c: c.change_session(Session.EXTENDED))
+        self._start_keepalive()
+
+        self._step(result, FlashStep.PRECONDITIONS, total)
+        status = self._routine(FlashStep.PRECONDITIONS, Routine.CHECK_PRECONDITIONS)
+        if status != 0:
+            flags = PreconditionFlags(status)
+            names = ", ".join(f.name.lower().replace("_", " ") for f in flags if f.name) or "?"
+            self._fail(FlashStep.PRECONDITIONS, f"programming preconditions not met: {names}")
+
+        self._step(result, FlashStep.DISABLE_DTC_SETTING, total)
+        self._functional(
+            FlashStep.DISABLE_DTC_SETTING,
+            lambda c: c.control_dtc_setting(services.ControlDTCSetting.SettingType.off),
+        )
+        self._step(result, FlashStep.DISABLE_COMMUNICATION, total)
+        self._functional(
+            FlashStep.DISABLE_COMMUNICATION,
+            lambda c: c.communication_control(
+                services.CommunicationControl.ControlType.disableRxAndTx, 0x01
+            ),
+        )
+
+        self._step(result, FlashStep.PROGRAMMING_SESSION, total)
+        self._call(FlashStep.PROGRAMMING_SESSION, lambda c: c.change_session(Session.PROGRAMMING))
+
+        self._step(result, FlashStep.SECURITY_ACCESS, total)
+        self._call(
+            FlashStep.SECURITY_ACCESS, lambda c: c.unlock_security_access(SecurityLevel.PROGRAMMING)
+        )
+
+        self._step(result, FlashStep.FINGERPRINT, total)
+        self._call(
+            FlashStep.FINGERPRINT,
+            lambda c: c.write_data_by_identifier(Did.TESTER_SERIAL, self.tester_serial),
+        )
+        self._call(
+            FlashStep.FINGERPRINT,
+            lambda c: c.write_data_by_identifier(Did.PROGRAMMING_DATE, bcd_date(self.today())),
+        )
+
+        self._step(result, FlashStep.ERASE, total)
+        record = bytes([ADDRESS_AND_LENGTH_FORMAT]) + struct.pack(">II", APP_ADDRESS, total)
+        status = self._routine(FlashStep.ERASE, Routine.ERASE_MEMORY, record)
+        if status != 0:
+            self._fail(FlashStep.ERASE, f"erase routine reported status 0x{status:02X}")
+
+        self._step(result, FlashStep.REQUEST_DOWNLOAD, total)
+        location = MemoryLocation(APP_ADDRESS, total, address_format=32, memorysize_format=32)
+        reply = self._call(FlashStep.REQUEST_DOWNLOAD, lambda c: c.request_download(location))
+        max_length = int(reply.service_data.max_length)
+        block = max_length - 2
+        if block < 1:
+            self._fail(
+                FlashStep.REQUEST_DOWNLOAD, f"maxNumberOfBlockLength {max_length} is too small"
+            )
+
+        self._step(result, FlashStep.TRANSFER, total)
+        transfer_started = self.clock()
+        counter = 1
+        for offset in range(0, total, block):
+            chunk = image[offset : offset + block]
+            self._transfer_block(result, counter, chunk)
+            counter = (counter + 1) & 0xFF
+            self._report(FlashStep.TRANSFER, min(offset + block, total), total)
+        result.transfer_s = self.clock() - transfer_started
+
+        self._step(result, FlashStep.TRANSFER_EXIT, total)
+        self._call(FlashStep.TRANSFER_EXIT, lambda c: c.request_transfer_exit())
+
+        self._step(result, FlashStep.CHECK_MEMORY, total)
+        crc = struct.pack(">I", zlib.crc32(image) & 0xFFFFFFFF)
+        status = self._routine(FlashStep.CHECK_MEMORY, Routine.CHECK_MEMORY, crc)
+        if status != CheckMemoryStatus.CORRECT:
+            self._fail(
+                FlashStep.CHECK_MEMORY,
+                f"CRC-32 of the ECU's memory differs from the image's (status 0x{status:02X})",
+            )
+
+        self._step(result, FlashStep.CHECK_DEPENDENCIES, total)
+        status = self._routine(FlashStep.CHECK_DEPENDENCIES, Routine.CHECK_DEPENDENCIES)
+        if status != DependencyStatus.ACCEPTED:
+            try:
+                why = DependencyStatus(status).name.lower().replace("_", " ")
+            except ValueError:
+                why = "unknown reason"
+            self._fail(
+                FlashStep.CHECK_DEPENDENCIES,
+                f"the ECU refused the image: {why} (status 0x{status:02X})",
+            )
+
+        self._step(result, FlashStep.RESET, total)
+        self._call(FlashStep.RESET, lambda c: c.ecu_reset(services.ECUReset.ResetType.hardReset))
+
+        self._step(result, FlashStep.VERIFY, total)
+        version, status_after = self._await_boot(FlashStep.VERIFY)
+        result.version_after = version
+        result.boot_status_after = status_after
+        if version != result.image_version:
+            self._fail(
+                FlashStep.VERIFY,
+                f"ECU runs {version!r} after reset, expected {result.image_version!r} "
+                f"({describe_boot(status_after)})",
+            )
+        self._report(FlashStep.VERIFY, total, total)
+
+    def _transfer_block(self, result: FlashResult, counter: int, chunk: bytes) -> None:
+        attempt = 0
+        while True:
+            try:
+                self.channel.call(lambda c: c.transfer_data(counter, chunk))
+                return
+            except DiagnosticError as exc:
+                if exc.timeout and attempt < self.transfer_retries:
+                    # The reply may have been lost: send the same block (same counter) again.
+                    attempt += 1
+                    result.retries += 1
+                    continue
+                raise self._failure(FlashStep.TRANSFER, exc, f"block 0x{counter:02X}") from exc
+
+    def _await_boot(self, step: FlashStep) -> tuple[str, BootStatus]:
+        deadline = self.clock() + self.boot_timeout_s
+        while True:
+            try:
+                with self.channel.timeouts(0.1):
+                    version, _hw, status = self.read_identity()
+                return version, status
+            except DiagnosticError as exc:
+                if not exc.timeout or self.clock() >= deadline:
+                    raise self._failure(step, exc, "ECU did not come back after reset") from exc
+                self.sleep(0.02)
+
+    def _restore(self, result: FlashResult) -> None:
+        """Put the vehicle back: communication and DTC setting on, default sessions."""
+        if result.failure is not None:
+            self._recover(result)
+        for action in (
+            lambda c: c.communication_control(
+                services.CommunicationControl.ControlType.enableRxAndTx, 0x01
+            ),
+            lambda c: c.control_dtc_setting(services.ControlDTCSetting.SettingType.on),
+            lambda c: c.change_session(Session.DEFAULT),
+        ):
+            try:
+                self.channel.functional(action)
+            except DiagnosticError:
+                pass
+
+    def _recover(self, result: FlashResult) -> None:
+        """After a failure: restart the ECU out of its bootloader and record what it runs."""
+        if result.failure is not None and result.failure.step not in (
+            FlashStep.VERIFY,
+            FlashStep.IDENTIFY,
+            FlashStep.EXTENDED_SESSION,
+            FlashStep.PRECONDITIONS,
+        ):
+            try:
+                with self.channel.timeouts(0.5):
+                    self.channel.call(
+                        lambda c: c.ecu_reset(services.ECUReset.ResetType.hardReset)
+                    )
+            except DiagnosticError:
+                pass
+        if result.version_after is None:
+            try:
+                version, status = self._await_boot(FlashStep.VERIFY)
+            except _StepFailed:
+                return
+            result.version_after = version
+            result.boot_status_after = status
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _call(self, step: FlashStep, action: Callable[..., object]) -> object:
+        try:
+            return self.channel.call(action)
+        except DiagnosticError as exc:
+            raise self._failure(step, exc) from exc
+
+    def _functional(self, step: FlashStep, action: Callable[..., object]) -> None:
+        try:
+            self.channel.functional(action)
+        except DiagnosticError as exc:
+            raise self._failure(step, exc) from exc
+
+    def _routine(self, step: FlashStep, routine: int, record: bytes = b"") -> int:
+        reply = self._call(step, lambda c: c.start_routine(routine, data=record))
+        status_record = reply.service_data.routine_status_record  # type: ignore[attr-defined]
+        if not status_record:
+            self._fail(step, f"routine 0x{routine:04X} returned no status record")
+        return int(status_record[0])
+
+    def _failure(self, step: FlashStep, exc: DiagnosticError, context: str = "") -> _StepFailed:
+        text = f"{context}: {exc}" if context else str(exc)
+        return _StepFailed(FlashFailure(step, text, nrc=exc.nrc, timeout=exc.timeout))
+
+    def _fail(self, step: FlashStep, reason: str) -> None:
+        raise _StepFailed(FlashFailure(step, reason))
+
+    def _step(self, result: FlashResult, step: FlashStep | None, total: int) -> None:
+        """Close the running step's timing and start ``step`` (``None``: just close)."""
+        now = self.clock()
+        if self._current is not None:
+            previous, since = self._current
+            result.step_durations_s[previous] = (
+                result.step_durations_s.get(previous, 0.0) + now - since
+            )
+        self._current = None if step is None else (step, now)
+        if step is not None:
+            self._report(step, self._sent, total)
+
+    def _report(self, step: FlashStep, sent: int, total: int) -> None:
+        self._sent = sent
+        if self.on_progress is not None:
+            self.on_progress(FlashProgress(self.ecu, step, sent, total))
+
+    # -- keepalive -------------------------------------------------------------------------------
+
+    def _start_keepalive(self) -> None:
+        self._keepalive_stop.clear()
+        thread = threading.Thread(target=self._keepalive, name=f"tp-{self.ecu}", daemon=True)
+        thread.start()
+        self._keepalive_thread = thread
+
+    def _stop_keepalive(self) -> None:
+        self._keepalive_stop.set()
+        if self._keepalive_thread is not None:
+            self._keepalive_thread.join(2.0)
+            self._keepalive_thread = None
+
+    def _keepalive(self) -> None:
+        while not self._keepalive_stop.wait(self.keepalive_interval_s):
+            try:
+                self.channel.functional(lambda c: c.tester_present())
+            except DiagnosticError:
+                pass
+
+
+def describe_boot(status: BootStatus | None) -> str:
+    """Explain a boot status record in words."""
+    if status is None:
+        return "boot status unknown"
+    try:
+        result = BootResult(status.last_boot_result)
+    except ValueError:
+        return f"last boot result 0x{status.last_boot_result:02X}"
+    active = bank_name(status.active_bank)
+    if result == BootResult.REVERTED:
+        return f"the new image failed its trial boot; bank {active} runs the previous image"
+    if result == BootResult.ACTIVE_INVALID:
+        return f"the active image was corrupt; bank {active} was booted instead"
+    if result == BootResult.NO_VALID_IMAGE:
+        return "no valid application: the ECU stays in its bootloader"
+    return f"booted bank {active}"
+
+
+__all__ = [
+    "FlashFailure",
+    "FlashProgress",
+    "FlashResult",
+    "FlashStep",
+    "Flasher",
+    "bcd_date",
+    "describe_boot",
+    "nrc_name",
+]
