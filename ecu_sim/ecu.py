@@ -4,8 +4,9 @@ The protocol logic is :class:`~ecu_sim.uds.server.UdsServer`; this module is
 the thin threaded layer around it. Frames reach the ECU from its vehicle's
 dispatcher (a listener on the bus's one notifier), go through can-isotp
 transport layers (physical and functional addresses), and the reassembled
-requests are handed to the server on a single thread, so the server never
-sees two requests at once.
+requests are served on the thread that reassembled them, under one lock, so
+the server never sees two requests at once; a timer thread runs what the
+server schedules (NRC 0x78 reminders, S3, delayed replies, power restore).
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ class SimulatedEcu:
         self.clock = clock
         self.server = UdsServer(spec, vehicle, Nvm(nvm_dir), state, self.faults, clock)
         self._lock = threading.RLock()
-        self._inbox: queue.Queue[tuple[bool, bytes] | None] = queue.Queue()
+        self._wakeup = threading.Event()
         self._scheduled: list[tuple[float, int, bytes]] = []
         self._sequence = 0
         self._thread: threading.Thread | None = None
@@ -130,7 +131,7 @@ class SimulatedEcu:
             isotp.Address(mode, txid=spec.response_id, rxid=spec.request_id),
             params,
             self._transmit,
-            lambda data: self._inbox.put((False, data)),
+            lambda data: self._process(data, functional=False),
         )
         # Functional requests are single frames; the replies go out on the physical stack.
         self._functional = _StackPump(
@@ -138,7 +139,7 @@ class SimulatedEcu:
             isotp.Address(mode, txid=spec.response_id, rxid=vehicle.functional_request_id),
             params,
             self._transmit,
-            lambda data: self._inbox.put((True, data)),
+            lambda data: self._process(data, functional=True),
         )
         self.restbus = (
             Restbus(bus, database, spec.name, self.signal_values) if database is not None else None
@@ -161,7 +162,7 @@ class SimulatedEcu:
     def stop(self) -> None:
         """Stop serving; NVM keeps its state (as after a power-off)."""
         self._running = False
-        self._inbox.put(None)
+        self._wakeup.set()
         if self._thread is not None:
             self._thread.join(2.0)
         if self.restbus is not None:
@@ -201,24 +202,30 @@ class SimulatedEcu:
             )
         )
 
+    def _process(self, payload: bytes, *, functional: bool) -> None:
+        """Serve one request on the thread of the stack that reassembled it."""
+        with self._lock:
+            was_powered = self.server.powered
+            outgoing = self.server.handle(payload, functional=functional)
+            outgoing += self.server.poll()
+            self._dispatch(outgoing, was_powered)
+        self._wakeup.set()
+
     def _run(self) -> None:
+        """Timer thread: 0x78 reminders, end of slow operations, S3, delayed replies."""
         while self._running:
-            timeout = self._wait_time()
-            try:
-                item = self._inbox.get(timeout=timeout)
-            except queue.Empty:
-                item = None
+            self._wakeup.wait(self._wait_time())
+            self._wakeup.clear()
             with self._lock:
                 was_powered = self.server.powered
-                outgoing: list[Outgoing] = []
-                if item is not None:
-                    outgoing += self.server.handle(item[1], functional=item[0])
-                outgoing += self.server.poll()
-                self._after_change(was_powered)
-                for out in outgoing:
-                    self._sequence += 1
-                    heapq.heappush(self._scheduled, (out.at, self._sequence, out.payload))
-                self._send_due()
+                self._dispatch(self.server.poll(), was_powered)
+
+    def _dispatch(self, outgoing: list[Outgoing], was_powered: bool) -> None:
+        self._after_change(was_powered)
+        for out in outgoing:
+            self._sequence += 1
+            heapq.heappush(self._scheduled, (out.at, self._sequence, out.payload))
+        self._send_due()
 
     def _wait_time(self) -> float:
         with self._lock:
@@ -251,7 +258,7 @@ class SimulatedEcu:
             self.restbus.set_enabled(self.server.app_transmitting)
 
     def _wake(self) -> None:
-        self._inbox.put(None)
+        self._wakeup.set()
 
     # -- scripting -------------------------------------------------------------------------
 

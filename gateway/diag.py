@@ -250,10 +250,7 @@ class DiagChannel:
         """Send raw bytes physically; return the first reply, or ``None`` after ``timeout_s``."""
         self._connection.empty_rxqueue()
         self._connection.send(payload)
-        try:
-            frame: bytes = self._connection.wait_frame(timeout=timeout_s, exception=True)
-        except TimeoutException:
-            return None
+        frame: bytes | None = self._connection.wait_frame(timeout=timeout_s, exception=False)
         return frame
 
     @contextlib.contextmanager

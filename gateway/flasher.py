@@ -130,6 +130,18 @@ class FlashResult:
         assert self.failure is not None
         return f"failed at {self.failure}"
 
+    @property
+    def short_outcome(self) -> str:
+        """A few words for a table cell."""
+        if self.ok:
+            return "flashed"
+        assert self.failure is not None
+        if self.failure.step == FlashStep.CHECK_DEPENDENCIES:
+            return "refused by ECU"
+        if self.failure.step == FlashStep.VERIFY:
+            return "did not boot"
+        return f"failed: {self.failure.step}"
+
 
 class _StepFailed(Exception):
     def __init__(self, failure: FlashFailure) -> None:
@@ -155,6 +167,7 @@ class Flasher:
         on_progress: ProgressCallback | None = None,
         keepalive_interval_s: float = 2.0,
         boot_timeout_s: float = 5.0,
+        boot_probe_s: float = 0.02,
         transfer_retries: int = 2,
         tester_serial: bytes = b"HILTESTER1",
         check_compatibility: bool = True,
@@ -168,6 +181,7 @@ class Flasher:
         self.on_progress = on_progress
         self.keepalive_interval_s = keepalive_interval_s
         self.boot_timeout_s = boot_timeout_s
+        self.boot_probe_s = boot_probe_s
         self.transfer_retries = transfer_retries
         self.tester_serial = tester_serial
         self.check_compatibility = check_compatibility
@@ -375,16 +389,28 @@ class Flasher:
                 raise self._failure(FlashStep.TRANSFER, exc, f"block 0x{counter:02X}") from exc
 
     def _await_boot(self, step: FlashStep) -> tuple[str, BootStatus]:
+        """Wait for the ECU to answer again after a reset, then read what it runs."""
         deadline = self.clock() + self.boot_timeout_s
         while True:
-            try:
-                with self.channel.timeouts(0.1):
-                    version, _hw, status = self.read_identity()
-                return version, status
-            except DiagnosticError as exc:
-                if not exc.timeout or self.clock() >= deadline:
-                    raise self._failure(step, exc, "ECU did not come back after reset") from exc
-                self.sleep(0.02)
+            # A booting ECU is deaf: probe with short TesterPresent requests, not with P2.
+            reply = self.channel.raw(b"\x3e\x00", self.boot_probe_s)
+            if reply is not None and reply[:1] == b"\x7e":
+                break
+            if self.clock() >= deadline:
+                raise _StepFailed(
+                    FlashFailure(
+                        step,
+                        f"ECU did not answer within {self.boot_timeout_s:.1f} s after reset",
+                        timeout=True,
+                    )
+                )
+            if reply is not None:
+                self.sleep(self.boot_probe_s)
+        try:
+            version, _hw, status = self.read_identity()
+        except DiagnosticError as exc:
+            raise self._failure(step, exc, "reading the version after reset") from exc
+        return version, status
 
     def _restore(self, result: FlashResult) -> None:
         """Put the vehicle back: communication and DTC setting on, default sessions."""

@@ -192,3 +192,9 @@ DTC_BOOT_REVERTED = 0xF00096
 
 DTC_IMAGE_INVALID = 0xF00046
 """U3000-46: the active image failed its integrity check at boot."""
+
+
+def dtc_text(code: int) -> str:
+    """Write a 3-byte DTC the SAE J2012 way, e.g. 0xF00096 -> ``U3000-96``."""
+    letter = "PCBU"[(code >> 22) & 0x03]
+    return f"{letter}{(code >> 20) & 0x03}{(code >> 8) & 0xFFF:03X}-{code & 0xFF:02X}"
