@@ -84,14 +84,14 @@ class _StackPump:
 
     def stop(self) -> None:
         self._running = False
+        self.stack.stop()
         if self._thread is not None:
             self._thread.join(1.0)
-        self.stack.stop()
 
     def _pump(self) -> None:
         while self._running:
-            data = self.stack.recv(block=True, timeout=0.2)
-            if data is not None:
+            data = self.stack.recv(block=True, timeout=0.05)
+            if data is not None and self._running:
                 self._deliver(bytes(data))
 
 
@@ -167,8 +167,10 @@ class SimulatedEcu:
             self._thread.join(2.0)
         if self.restbus is not None:
             self.restbus.set_enabled(False)
+        stopper = threading.Thread(target=self._functional.stop)
+        stopper.start()
         self._physical.stop()
-        self._functional.stop()
+        stopper.join()
         with self._lock:
             self._listening = False
             if self.server.powered:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -129,8 +130,12 @@ class SimulatedVehicle:
             self._notifier.remove_listener(self.on_message_received)
         except ValueError:
             pass
-        for ecu in self.ecus.values():
-            ecu.stop()
+        # Stopping joins ISO-TP threads; do the ECUs side by side.
+        stoppers = [threading.Thread(target=ecu.stop) for ecu in self.ecus.values()]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join()
         if self._own_notifier:
             self._notifier.stop()
             self._notifier = None

@@ -108,7 +108,7 @@ DID_CODECS: dict[int, DidCodec] = {
 
 def nrc_name(code: int) -> str:
     """Return the ISO 14229-1 name of a negative response code."""
-    name: str = udsoncan.ResponseCode.get_name(code)
+    name: str = udsoncan.Response.Code.get_name(code)
     return name
 
 

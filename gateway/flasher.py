@@ -375,6 +375,7 @@ class Flasher:
         self._report(FlashStep.VERIFY, total, total)
 
     def _transfer_block(self, result: FlashResult, counter: int, chunk: bytes) -> None:
+        first_timeout: DiagnosticError | None = None
         attempt = 0
         while True:
             try:
@@ -383,10 +384,22 @@ class Flasher:
             except DiagnosticError as exc:
                 if exc.timeout and attempt < self.transfer_retries:
                     # The reply may have been lost: send the same block (same counter) again.
+                    first_timeout = first_timeout or exc
                     attempt += 1
                     result.retries += 1
                     continue
-                raise self._failure(FlashStep.TRANSFER, exc, f"block 0x{counter:02X}") from exc
+                context = f"block 0x{counter:02X}"
+                if first_timeout is not None and not exc.timeout:
+                    # The retry met an ECU that had lost the download (e.g. after a power cut).
+                    raise _StepFailed(
+                        FlashFailure(
+                            FlashStep.TRANSFER,
+                            f"{context}: {first_timeout}; the retry got {exc}",
+                            nrc=exc.nrc,
+                            timeout=True,
+                        )
+                    ) from exc
+                raise self._failure(FlashStep.TRANSFER, exc, context) from exc
 
     def _await_boot(self, step: FlashStep) -> tuple[str, BootStatus]:
         """Wait for the ECU to answer again after a reset, then read what it runs."""

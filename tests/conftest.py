@@ -1,0 +1,133 @@
+"""Fixtures: real virtual buses (one channel per test), the demo vehicle, testers."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import can
+import can.interfaces.virtual
+import pytest
+
+from ecu_sim import SimulatedVehicle, demo_vehicle
+from gateway import DiagChannel
+from helpers import RawTester
+from ota_formats.vehicle import VehicleSpec, load_vehicle
+
+FILES = Path(__file__).parent / "files"
+_channels = itertools.count()
+
+# udsoncan logs every NRC and timeout at error level; the assertions say what matters.
+logging.getLogger("UdsClient").setLevel(logging.CRITICAL)
+
+
+@pytest.fixture
+def files() -> Path:
+    """The directory of test data files."""
+    return FILES
+
+
+@pytest.fixture
+def demo() -> VehicleSpec:
+    """The bundled demo vehicle."""
+    return demo_vehicle()
+
+
+@pytest.fixture
+def fd_vehicle(files: Path) -> VehicleSpec:
+    """A CAN FD vehicle (64-byte frames)."""
+    return load_vehicle(files / "fd_vehicle.toml")
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_buses() -> Iterator[None]:
+    """Fail any test that leaves a virtual bus open."""
+    before = set(can.interfaces.virtual.channels)
+    yield
+    leaked = set(can.interfaces.virtual.channels) - before
+    assert not leaked, f"virtual bus channel(s) left open: {leaked}"
+
+
+@pytest.fixture
+def channel(request: pytest.FixtureRequest) -> str:
+    """A virtual channel name of this test's own."""
+    return f"{request.node.name}-{os.getpid()}-{next(_channels)}"
+
+
+class World:
+    """A simulated vehicle and a tester on one virtual channel."""
+
+    def __init__(self, spec: VehicleSpec, channel: str, state_dir: Path, ecus=None) -> None:
+        fd = spec.can.fd
+        self.channel = channel
+        self.spec = spec
+        self.state_dir = state_dir
+        self.ecu_bus = can.Bus(interface="virtual", channel=channel, fd=fd)
+        self.bus = can.Bus(interface="virtual", channel=channel, fd=fd)
+        self.notifier = can.Notifier(self.bus, [], timeout=0.05)
+        self.vehicle = SimulatedVehicle(spec, self.ecu_bus, state_dir=state_dir, ecus=ecus)
+        self._closers: list[Callable[[], None]] = []
+        self.vehicle.start()
+
+    def sniff(self) -> list[can.Message]:
+        """Record every frame on the bus, from every node, from now on."""
+        bus = can.Bus(interface="virtual", channel=self.channel, fd=self.spec.can.fd)
+        frames: list[can.Message] = []
+        notifier = can.Notifier(bus, [frames.append], timeout=0.05)
+
+        def close() -> None:
+            notifier.stop()
+            bus.shutdown()
+
+        self._closers.append(close)
+        return frames
+
+    def raw(self, ecu: str = "ecm") -> RawTester:
+        tester = RawTester(self.bus, self.notifier, self.spec, self.spec.ecu(ecu))
+        self._closers.append(tester.close)
+        return tester
+
+    def diag(self, ecu: str = "ecm") -> DiagChannel:
+        channel = DiagChannel(self.bus, self.notifier, self.spec, self.spec.ecu(ecu)).open()
+        self._closers.append(channel.close)
+        return channel
+
+    def restart_vehicle(self) -> None:
+        """Stop every ECU (NVM kept) and start a fresh simulated vehicle on the same bus."""
+        self.vehicle.stop()
+        self.vehicle = SimulatedVehicle(self.spec, self.ecu_bus, state_dir=self.state_dir)
+        self.vehicle.start()
+
+    def close(self) -> None:
+        for closer in reversed(self._closers):
+            closer()
+        self.vehicle.stop()
+        self.notifier.stop()
+        self.bus.shutdown()
+        self.ecu_bus.shutdown()
+
+
+@pytest.fixture
+def make_world(channel: str, tmp_path: Path) -> Iterator[Callable[..., World]]:
+    """Build a :class:`World` for a vehicle spec (closed at the end of the test)."""
+    worlds: list[World] = []
+    counter = itertools.count()
+
+    def build(spec: VehicleSpec, ecus=None) -> World:
+        index = next(counter)
+        world = World(spec, f"{channel}-{index}", tmp_path / f"state{index}", ecus)
+        worlds.append(world)
+        return world
+
+    yield build
+    for world in worlds:
+        world.close()
+
+
+@pytest.fixture
+def world(make_world: Callable[..., World], demo: VehicleSpec) -> World:
+    """The demo vehicle with a tester, on a virtual bus."""
+    return make_world(demo)

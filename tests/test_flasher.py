@@ -1,0 +1,223 @@
+"""The UDS flasher against the simulated vehicle: the full sequence and its failure reports."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import can
+import cantools
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway import Flasher, FlashStep
+from helpers import make_image, wait_for
+from ota_formats.uds import DTC_BOOT_REVERTED, BootResult, Session
+
+
+def flash(world, ecu: str, image: bytes, **options):
+    return Flasher(world.diag(ecu), **options).flash(image)
+
+
+@pytest.mark.parametrize("vehicle_fixture", ["demo", "fd_vehicle"])
+def test_full_sequence_classic_and_fd(request, make_world, vehicle_fixture):
+    spec = request.getfixturevalue(vehicle_fixture)
+    world = make_world(spec)
+    frames = world.sniff()
+    image = make_image(spec.ecu("ecm"), "2.0.0", 2, size=40_000)
+    steps: list[FlashStep] = []
+    result = flash(world, "ecm", image, on_progress=lambda p: steps.append(p.step))
+    assert result.ok, result.failure
+    assert (result.version_before, result.version_after) == ("1.0.0", "2.0.0")
+    assert result.boot_status_after is not None
+    assert result.boot_status_after.active_bank == 1
+    assert result.boot_status_after.anti_rollback_counter == 2
+    assert world.vehicle.ecu("ecm").version == "2.0.0"
+    assert list(dict.fromkeys(steps)) == list(FlashStep)
+    diag = [m for m in frames if m.arbitration_id in (0x7E0, 0x7E8)]
+    if spec.can.fd:
+        assert any(m.is_fd and len(m.data) == 64 for m in diag)
+    else:
+        assert all(not m.is_fd and len(m.data) == 8 for m in diag)
+    # Functional requests went out on 0x7DF: 10 83, 85 82, 28 83 01, then the restore.
+    functional = [bytes(m.data) for m in frames if m.arbitration_id == 0x7DF]
+    payloads = [d[1 : 1 + d[0]] if d[0] else d[2 : 2 + d[1]] for d in functional]
+    assert payloads
+    for expected in ("1083", "8582", "288301", "288001", "8581", "1081"):
+        assert bytes.fromhex(expected) in payloads, expected
+    # The fingerprint was written.
+    assert world.vehicle.ecu("ecm").server.boot.record.dids[0xF198] == b"HILTESTER1".hex()
+
+
+def test_block_counter_wraps(make_world, demo):
+    spec = demo.with_overrides(ecu_defaults={"max_block_length": 66})
+    world = make_world(spec, ecus=["ecm"])
+    frames = world.sniff()
+    image = make_image(spec.ecu("ecm"), size=64 * 300)
+    result = flash(world, "ecm", image)
+    assert result.ok, result.failure
+    # First frames of TransferData carry 0x36 and the counter: 1..FF, 00, 01 ...
+    counters = [
+        m.data[3] for m in frames if m.arbitration_id == 0x7E0 and m.data[0] >> 4 == 1 and m.data[2] == 0x36
+    ]
+    assert counters[:3] == [1, 2, 3]
+    assert counters[254:258] == [0xFF, 0x00, 0x01, 0x02]
+
+
+def test_slow_erase_is_waited_for_and_others_kept_in_session(make_world, demo):
+    spec = demo.with_overrides(ecu_defaults={"timing": {"s3_ms": 600}})
+    world = make_world(spec)
+    world.vehicle.ecu("ecm").faults.slow_erase(2.0, pending_interval_s=0.02)
+    bms = world.vehicle.ecu("bms")
+    seen: list[Session] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.05):
+            seen.append(bms.session)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = flash(world, "ecm", make_image(spec.ecu("ecm")), keepalive_interval_s=0.2)
+    finally:
+        stop.set()
+        watcher.join()
+    assert result.ok, result.failure
+    assert result.step_durations_s[FlashStep.ERASE] >= 2.0
+    # bms stayed in the extended session through a 2 s erase with S3 = 0.6 s: TesterPresent.
+    extended = [s for s in seen if s == Session.EXTENDED]
+    assert len(extended) >= 30
+    assert wait_for(lambda: bms.session == Session.DEFAULT)
+
+
+def test_communication_control_silences_other_ecus_during_flash(world):
+    db = cantools.database.load_file(str(world.spec.dbc_path()))
+    frames: list[tuple[float, int]] = []
+    world.notifier.add_listener(lambda m: frames.append((time.monotonic(), m.arbitration_id)))
+    world.vehicle.ecu("ecm").faults.slow_erase(1.0)
+    marks: dict[str, float] = {}
+
+    def progress(event) -> None:
+        marks.setdefault(str(event.step), time.monotonic())
+
+    result = flash(world, "ecm", make_image(world.spec.ecu("ecm")), on_progress=progress)
+    assert result.ok
+    bms_status = db.get_message_by_name("BMS_Status").frame_id
+    start, end = marks["erase"] + 0.15, marks["request download"]
+    during = [t for t, i in frames if i == bms_status and start <= t <= end]
+    assert end - start > 0.6
+    assert during == []
+    # After the flash, communication is enabled again.
+    assert wait_for(lambda: any(i == bms_status and t > time.monotonic() - 0.15 for t, i in frames))
+
+
+def test_transfer_retries_a_block_whose_reply_was_lost(world):
+    world.vehicle.ecu("ecm").faults.drop_responses(1, service=0x36)
+    result = flash(world, "ecm", make_image(world.spec.ecu("ecm"), size=20_000))
+    assert result.ok, result.failure
+    assert result.retries == 1
+
+
+def test_failure_reports_step_and_nrc(world):
+    world.vehicle.ecu("ecm").faults.force_nrc(0x36, 0x72, count=1)
+    result = flash(world, "ecm", make_image(world.spec.ecu("ecm")))
+    assert not result.ok
+    assert result.failure.step == FlashStep.TRANSFER
+    assert result.failure.nrc == 0x72
+    assert "0x72 (GeneralProgrammingFailure)" in result.failure.reason
+    assert result.version_after == "1.0.0"
+
+
+def test_timeout_is_reported_as_timeout(world):
+    world.vehicle.ecu("ecm").faults.drop_responses(None, service=0x34)
+    result = flash(world, "ecm", make_image(world.spec.ecu("ecm")))
+    assert result.failure.step == FlashStep.REQUEST_DOWNLOAD
+    assert result.failure.timeout and result.failure.nrc is None
+    assert result.version_after == "1.0.0"
+
+
+def test_corrupted_block_fails_the_memory_check(world):
+    world.vehicle.ecu("ecm").faults.corrupt_block(2)
+    result = flash(world, "ecm", make_image(world.spec.ecu("ecm")))
+    assert result.failure.step == FlashStep.CHECK_MEMORY
+    assert result.version_after == "1.0.0"
+    assert result.boot_status_after.active_bank == 0
+
+
+def test_power_cut_mid_transfer_then_restore(world):
+    world.vehicle.ecu("ecm").faults.power_cut_at(10_000, restore_after_s=0.3)
+    result = flash(world, "ecm", make_image(world.spec.ecu("ecm"), size=30_000))
+    assert not result.ok
+    assert result.failure.step == FlashStep.TRANSFER
+    assert result.failure.timeout
+    assert "retry got negative response 0x7F" in result.failure.reason
+    # The ECU came back on its old image.
+    assert result.version_after == "1.0.0"
+    assert world.vehicle.ecu("ecm").server.power_cuts == 1
+
+
+def test_boot_failure_reverts_and_flasher_says_so(world):
+    ecm = world.vehicle.ecu("ecm")
+    ecm.faults.fail_boot()
+    result = flash(world, "ecm", make_image(world.spec.ecu("ecm"), "3.0.0", 3))
+    assert result.failure.step == FlashStep.VERIFY
+    assert "failed its trial boot" in result.failure.reason
+    assert result.version_after == "1.0.0"
+    assert result.boot_status_after.last_boot_result == BootResult.REVERTED
+    assert result.boot_status_after.anti_rollback_counter == 1
+    assert DTC_BOOT_REVERTED in ecm.dtcs
+    # A later good image still goes in.
+    ok = flash(world, "ecm", make_image(world.spec.ecu("ecm"), "3.0.1", 3))
+    assert ok.ok, ok.failure
+
+
+def test_boot_failure_below_the_limit_still_boots(world):
+    world.vehicle.ecu("ecm").faults.fail_boot(times=2)
+    result = flash(world, "ecm", make_image(world.spec.ecu("ecm")))
+    assert result.ok, result.failure
+    assert result.boot_status_after.last_boot_result == BootResult.OK
+
+
+@pytest.mark.parametrize(
+    ("variant", "status"),
+    [("foreign key", "signature invalid"), ("hardware", "hardware mismatch"), ("downgrade", "rollback refused")],
+)
+def test_ecu_refuses_bad_images(world, variant, status):
+    ecm = world.spec.ecu("ecm")
+    assert flash(world, "ecm", make_image(ecm, "2.0.0", 5)).ok
+    if variant == "foreign key":
+        image = make_image(ecm, "2.1.0", 6, key=Ed25519PrivateKey.generate())
+    elif variant == "hardware":
+        image = make_image(ecm, "2.1.0", 6, hardware_id="HIL-BMS-HW01")
+    else:
+        image = make_image(ecm, "1.9.0", 4)
+    result = flash(world, "ecm", image, check_compatibility=False)
+    assert result.failure.step == FlashStep.CHECK_DEPENDENCIES
+    assert status in result.failure.reason
+    assert result.version_after == "2.0.0"
+    assert world.vehicle.ecu("ecm").boot_status.pending_bank == 0xFF
+
+
+def test_tampered_payload_is_refused(world):
+    image = bytearray(make_image(world.spec.ecu("ecm")))
+    image[-10] ^= 0xFF
+    result = flash(world, "ecm", bytes(image))
+    assert result.failure.step == FlashStep.CHECK_DEPENDENCIES
+    assert "image invalid" in result.failure.reason
+    assert result.version_after == "1.0.0"
+
+
+def test_flasher_checks_hardware_before_erasing(world):
+    image = make_image(world.spec.ecu("ecm"), hardware_id="HIL-BMS-HW01")
+    result = flash(world, "ecm", image)
+    assert result.failure.step == FlashStep.IDENTIFY
+    assert "HIL-BMS-HW01" in result.failure.reason
+    assert world.vehicle.ecu("ecm").server.boot.record.banks[1].state == "erased"
+
+
+def test_preconditions_not_met(world):
+    world.vehicle.state.update(vehicle_speed_kph=12.0)
+    result = flash(world, "ecm", make_image(world.spec.ecu("ecm")))
+    assert result.failure.step == FlashStep.PRECONDITIONS
+    assert "vehicle moving" in result.failure.reason
