@@ -40,11 +40,14 @@ def test_full_sequence_classic_and_fd(request, make_world, vehicle_fixture):
     else:
         assert all(not m.is_fd and len(m.data) == 8 for m in diag)
     # Functional requests went out on 0x7DF: 10 83, 85 82, 28 83 01, then the restore.
-    functional = [bytes(m.data) for m in frames if m.arbitration_id == 0x7DF]
-    payloads = [d[1 : 1 + d[0]] if d[0] else d[2 : 2 + d[1]] for d in functional]
-    assert payloads
-    for expected in ("1083", "8582", "288301", "288001", "8581", "1081"):
-        assert bytes.fromhex(expected) in payloads, expected
+    def functional() -> list[bytes]:
+        data = [bytes(m.data) for m in list(frames) if m.arbitration_id == 0x7DF]
+        return [d[1 : 1 + d[0]] if d[0] else d[2 : 2 + d[1]] for d in data]
+
+    expected = [bytes.fromhex(h) for h in ("1083", "8582", "288301", "288001", "8581", "1081")]
+    assert wait_for(lambda: all(e in functional() for e in expected)), functional()
+    sent = functional()
+    assert [sent.index(e) for e in expected] == sorted(sent.index(e) for e in expected)
     # The fingerprint was written.
     assert world.vehicle.ecu("ecm").server.boot.record.dids[0xF198] == b"HILTESTER1".hex()
 
