@@ -215,6 +215,8 @@ class Bootloader:
                         break
         app_valid = rec.active_bank is not None and self._intact(rec.active_bank)
         if not app_valid:
+            if rec.active_bank is not None:
+                rec.banks[rec.active_bank].state = "invalid"
             other = [b for b in (0, 1) if b != rec.active_bank and self._intact(b)]
             if other:
                 rec.active_bank = other[0]

@@ -35,7 +35,8 @@ class BankRecord:
     """What the NVM knows about one application bank."""
 
     state: str = "erased"
-    """``erased`` (no valid content), ``valid`` or ``rejected`` (failed its trial boot)."""
+    """``erased`` (no valid content), ``valid``, ``rejected`` (failed its trial boot) or
+    ``invalid`` (failed its integrity check at boot)."""
     version: str = ""
     hardware_id: str = ""
     anti_rollback_counter: int = 0
