@@ -1,9 +1,11 @@
 """Cyclic status frames of one ECU, encoded with cantools from its live state.
 
 Each message of the DBC whose sender is the ECU (its name upper-cased) is
-sent every ``GenMsgCycleTime`` through python-can's ``send_periodic``; a
+sent every ``GenMsgCycleTime`` by python-can's thread-based cyclic task; its
 modifier callback re-encodes the frame from the ECU's state just before each
 transmission, so signals, rolling counters and the running version are live.
+The thread-based task is used on purpose: some interfaces' own periodic
+sending (kernel BCM, the remote bus) would ignore the modifier.
 Signal names are ``<ECU>_<Name>``; :func:`signal_values` gives each ``Name``.
 """
 
@@ -16,6 +18,7 @@ from typing import Any
 
 import can
 import cantools.database
+from can.broadcastmanager import ThreadBasedCyclicSendTask
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ class Restbus:
         self._counters: dict[int, int] = {}
         self._tasks: list[Any] = []
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
         self._enabled = False
 
     @property
@@ -94,13 +98,14 @@ class Restbus:
             def modify(msg: can.Message, message: Any = message) -> None:
                 msg.data = bytearray(self.encode(message))
 
-            task = self.bus.send_periodic(
+            task = ThreadBasedCyclicSendTask(
+                self.bus,
+                self._send_lock,
                 frame,
                 message.cycle_time / 1000,
-                store_task=False,
+                on_error=self._on_error,
                 modifier_callback=modify,
             )
-            task.on_error = self._on_error
             self._tasks.append(task)
 
     def _on_error(self, exc: Exception) -> bool:
