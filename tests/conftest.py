@@ -70,6 +70,7 @@ class World:
         self.notifier = can.Notifier(self.bus, [], timeout=0.05)
         self.vehicle = SimulatedVehicle(spec, self.ecu_bus, state_dir=state_dir, ecus=ecus)
         self._closers: list[Callable[[], None]] = []
+        self._raw: dict[str, RawTester] = {}
         self.vehicle.start()
 
     def sniff(self) -> list[can.Message]:
@@ -86,9 +87,11 @@ class World:
         return frames
 
     def raw(self, ecu: str = "ecm") -> RawTester:
-        tester = RawTester(self.bus, self.notifier, self.spec, self.spec.ecu(ecu))
-        self._closers.append(tester.close)
-        return tester
+        """A raw tester for ``ecu`` (one per ECU, made on first use)."""
+        if ecu not in self._raw:
+            self._raw[ecu] = RawTester(self.bus, self.notifier, self.spec, self.spec.ecu(ecu))
+            self._closers.append(self._raw[ecu].close)
+        return self._raw[ecu]
 
     def diag(self, ecu: str = "ecm") -> DiagChannel:
         channel = DiagChannel(self.bus, self.notifier, self.spec, self.spec.ecu(ecu)).open()
