@@ -65,9 +65,11 @@ def full_stack(spec: VehicleSpec, image: bytes) -> tuple[Measurement, Measuremen
     bus = can.Bus(interface="virtual", channel=channel, fd=fd)
     notifier = can.Notifier(bus, [], timeout=0.1)
     try:
-        with tempfile.TemporaryDirectory() as tmp, SimulatedVehicle(
-            spec, ecu_bus, state_dir=Path(tmp), ecus=["ecm"]
-        ), DiagChannel(bus, notifier, spec, spec.ecu("ecm")) as diag:
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            SimulatedVehicle(spec, ecu_bus, state_dir=Path(tmp), ecus=["ecm"]),
+            DiagChannel(bus, notifier, spec, spec.ecu("ecm")) as diag,
+        ):
             result = Flasher(diag).flash(image)
         if not result.ok:
             raise SystemExit(f"full-stack flash failed: {result.failure}")
@@ -178,11 +180,16 @@ def main() -> int:
     key = dev_private_key()
     payload = os.urandom(size - 152)
     image = build_image(
-        payload, hardware_id="HIL-ECM-HW01", version="9.9.9", anti_rollback_counter=9,
+        payload,
+        hardware_id="HIL-ECM-HW01",
+        version="9.9.9",
+        anti_rollback_counter=9,
         private_key=key,
     )
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; image {len(image)} bytes; "
-          f"ISO-TP BS={classic.ecu('ecm').isotp.blocksize} STmin=0; median of {args.rounds} rounds")
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; image {len(image)} bytes; "
+        f"ISO-TP BS={classic.ecu('ecm').isotp.blocksize} STmin=0; median of {args.rounds} rounds"
+    )
     print()
     print("bare:     RequestDownload + TransferData + RequestTransferExit, udsoncan and")
     print("          can-isotp only, to a responder that acknowledges every block")
@@ -192,11 +199,15 @@ def main() -> int:
     print("demo:     the whole flash with the demo vehicle's modelled delays (erase 150 ms,")
     print("          boot 50 ms), for reference")
     print()
-    print(f"{'bus':<13}{'bare':>14}{'full':>14}{'full/bare':>10}{'transfer':>14}"
-          f"{'xfer/bare':>10}{'demo':>14}")
+    print(
+        f"{'bus':<13}{'bare':>14}{'full':>14}{'full/bare':>10}{'transfer':>14}"
+        f"{'xfer/bare':>10}{'demo':>14}"
+    )
     verdicts = []
     for name, spec in (("classic 8 B", classic), ("CAN FD 64 B", fd)):
-        quick = spec.with_overrides(ecu_defaults={"timing": {"erase_time_ms": 0, "boot_time_ms": 0}})
+        quick = spec.with_overrides(
+            ecu_defaults={"timing": {"erase_time_ms": 0, "boot_time_ms": 0}}
+        )
         bare_rates, full_rates, transfer_rates, demo_rates = [], [], [], []
         for _ in range(args.rounds):
             bare_rates.append(bare(spec, image).rate)
@@ -209,8 +220,10 @@ def main() -> int:
         t = statistics.median(transfer_rates)
         d = statistics.median(demo_rates)
         verdicts.append(f / b)
-        print(f"{name:<13}{b:>10,.0f} B/s{f:>10,.0f} B/s{f / b:>10.0%}{t:>10,.0f} B/s"
-              f"{t / b:>10.0%}{d:>10,.0f} B/s")
+        print(
+            f"{name:<13}{b:>10,.0f} B/s{f:>10,.0f} B/s{f / b:>10.0%}{t:>10,.0f} B/s"
+            f"{t / b:>10.0%}{d:>10,.0f} B/s"
+        )
     print()
     print("physical limits of real buses (ISO-TP payload, upper bound):")
     for label, rate in (

@@ -38,7 +38,7 @@ _IDLE_WAKEUP_S = 0.1
 
 
 def _version_parts(version: str) -> tuple[int, int, int]:
-    pieces = (version.split(".") + ["0", "0", "0"])[:3]
+    pieces = [*version.split("."), "0", "0", "0"][:3]
     parts = [int(p) if p.isdigit() and int(p) < 255 else 255 for p in pieces]
     return parts[0], parts[1], parts[2]
 
@@ -184,7 +184,7 @@ class SimulatedEcu:
             return
         frame = isotp.CanMessage(
             arbitration_id=msg.arbitration_id,
-            data=msg.data,
+            data=bytes(msg.data),
             extended_id=msg.is_extended_id,
             is_fd=msg.is_fd,
             bitrate_switch=msg.bitrate_switch,

@@ -174,7 +174,7 @@ class FaultInjector:
             return bool(self._boot and self._boot.take())
 
     def boot_concluded(self) -> None:
-        """A new image was committed or reverted: the boot fault has done its work."""
+        """Disarm the boot fault: the new image was committed or reverted."""
         with self._lock:
             self._boot = None
 

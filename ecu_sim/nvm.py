@@ -145,10 +145,10 @@ class Nvm:
     def open_bank(self, bank: int) -> BankWriter:
         """Open an (erased) bank for sequential writing."""
         try:
-            return BankWriter(open(self.bank_path(bank), "r+b"))  # noqa: SIM115
+            return BankWriter(open(self.bank_path(bank), "r+b"))
         except FileNotFoundError:
             try:
-                return BankWriter(open(self.bank_path(bank), "w+b"))  # noqa: SIM115
+                return BankWriter(open(self.bank_path(bank), "w+b"))
             except OSError as exc:
                 raise NvmError(f"cannot open bank {bank}: {exc}") from exc
         except OSError as exc:

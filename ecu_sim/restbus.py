@@ -102,7 +102,7 @@ class Restbus:
                 self.bus,
                 self._send_lock,
                 frame,
-                message.cycle_time / 1000,
+                (message.cycle_time or 0) / 1000,
                 on_error=self._on_error,
                 modifier_callback=modify,
             )

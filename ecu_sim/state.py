@@ -50,4 +50,6 @@ class VehicleState:
     def snapshot(self) -> dict[str, Any]:
         """Return a consistent copy of all signals."""
         with self._lock:
-            return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+            return {
+                f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")
+            }

@@ -7,7 +7,7 @@ udsoncan client to one ECU over can-isotp on any python-can bus;
 
 from gateway.diag import DiagChannel
 from gateway.errors import DiagnosticError, DiagnosticTimeout, GatewayError, ImageRejected
-from gateway.flasher import FlashFailure, Flasher, FlashProgress, FlashResult, FlashStep
+from gateway.flasher import Flasher, FlashFailure, FlashProgress, FlashResult, FlashStep
 
 __all__ = [
     "DiagChannel",

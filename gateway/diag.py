@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import can
 import isotp
@@ -28,6 +28,7 @@ from udsoncan.exceptions import (
     TimeoutException,
     UnexpectedResponseException,
 )
+from udsoncan.typing import ClientConfig
 
 from gateway.errors import DiagnosticError, DiagnosticTimeout
 from ota_formats.uds import DID_SIZES, BootStatus, Did, security_key, unpad_ascii
@@ -36,7 +37,7 @@ from ota_formats.vehicle import EcuSpec, VehicleSpec
 T = TypeVar("T")
 
 
-class AsciiRecord(DidCodec):  # type: ignore[misc]
+class AsciiRecord(DidCodec):
     """A fixed-size, space-padded ASCII DID record."""
 
     def __init__(self, size: int) -> None:
@@ -57,7 +58,7 @@ class AsciiRecord(DidCodec):  # type: ignore[misc]
         return self.size
 
 
-class RawRecord(DidCodec):  # type: ignore[misc]
+class RawRecord(DidCodec):
     """A fixed-size binary DID record, passed through as bytes."""
 
     def __init__(self, size: int) -> None:
@@ -78,7 +79,7 @@ class RawRecord(DidCodec):  # type: ignore[misc]
         return self.size
 
 
-class BootStatusRecord(DidCodec):  # type: ignore[misc]
+class BootStatusRecord(DidCodec):
     """The boot status record (DID 0xF1A0)."""
 
     def encode(self, value: Any) -> bytes:
@@ -117,7 +118,7 @@ def describe_failure(exc: BaseException) -> DiagnosticError:
     if isinstance(exc, DiagnosticError):
         return exc
     if isinstance(exc, NegativeResponseException):
-        code = exc.response.code
+        code = exc.response.code or 0
         return DiagnosticError(f"negative response 0x{code:02X} ({nrc_name(code)})", nrc=code)
     if isinstance(exc, TimeoutException):
         return DiagnosticTimeout(f"no response: {exc}")
@@ -162,7 +163,8 @@ class DiagChannel:
         self._functional_stack = isotp.TransportLayer(
             rxfn=_NoReception(),
             txfn=self._send_frame,
-            address=isotp.AsymmetricAddress(
+            # can-isotp accepts an AsymmetricAddress here; its annotation says Address only.
+            address=isotp.AsymmetricAddress(  # type: ignore[arg-type]
                 tx_addr=isotp.Address(mode, txid=vehicle.functional_request_id, tx_only=True),
                 rx_addr=isotp.Address(mode, rxid=ecu.response_id, rx_only=True),
             ),
@@ -186,8 +188,9 @@ class DiagChannel:
         self._functional_connection = PythonIsoTpConnection(
             self._functional_stack, name=f"{ecu.name}-functional"
         )
-        self.client = Client(self._connection, config=config)
-        self._functional_client = Client(self._functional_connection, config=config)
+        client_config = cast(ClientConfig, config)
+        self.client = Client(self._connection, config=client_config)
+        self._functional_client = Client(self._functional_connection, config=client_config)
         self._functional_lock = threading.Lock()
         self._open = False
 

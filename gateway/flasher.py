@@ -33,8 +33,10 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NoReturn, TypeVar
 
 from udsoncan import MemoryLocation, services
+from udsoncan.client import Client
 
 from gateway.diag import DiagChannel, nrc_name
 from gateway.errors import DiagnosticError
@@ -54,6 +56,8 @@ from ota_formats.uds import (
     Session,
     bank_name,
 )
+
+T = TypeVar("T")
 
 
 class FlashStep(StrEnum):
@@ -263,7 +267,6 @@ class Flasher:
             )
 
     def _program(self, result: FlashResult, image: bytes) -> None:
-        ch = self.channel
         total = len(image)
 
         self._step(result, FlashStep.EXTENDED_SESSION, total)
@@ -318,7 +321,7 @@ class Flasher:
         self._step(result, FlashStep.REQUEST_DOWNLOAD, total)
         location = MemoryLocation(APP_ADDRESS, total, address_format=32, memorysize_format=32)
         reply = self._call(FlashStep.REQUEST_DOWNLOAD, lambda c: c.request_download(location))
-        max_length = int(reply.service_data.max_length)
+        max_length = int(reply.service_data.max_length) if reply is not None else 0
         block = max_length - 2
         if block < 1:
             self._fail(
@@ -451,9 +454,7 @@ class Flasher:
         ):
             try:
                 with self.channel.timeouts(0.5):
-                    self.channel.call(
-                        lambda c: c.ecu_reset(services.ECUReset.ResetType.hardReset)
-                    )
+                    self.channel.call(lambda c: c.ecu_reset(services.ECUReset.ResetType.hardReset))
             except DiagnosticError:
                 pass
         if result.version_after is None:
@@ -466,7 +467,7 @@ class Flasher:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _call(self, step: FlashStep, action: Callable[..., object]) -> object:
+    def _call(self, step: FlashStep, action: Callable[[Client], T]) -> T:
         try:
             return self.channel.call(action)
         except DiagnosticError as exc:
@@ -480,7 +481,7 @@ class Flasher:
 
     def _routine(self, step: FlashStep, routine: int, record: bytes = b"") -> int:
         reply = self._call(step, lambda c: c.start_routine(routine, data=record))
-        status_record = reply.service_data.routine_status_record  # type: ignore[attr-defined]
+        status_record = reply.service_data.routine_status_record if reply is not None else None
         if not status_record:
             self._fail(step, f"routine 0x{routine:04X} returned no status record")
         return int(status_record[0])
@@ -489,7 +490,7 @@ class Flasher:
         text = f"{context}: {exc}" if context else str(exc)
         return _StepFailed(FlashFailure(step, text, nrc=exc.nrc, timeout=exc.timeout))
 
-    def _fail(self, step: FlashStep, reason: str) -> None:
+    def _fail(self, step: FlashStep, reason: str) -> NoReturn:
         raise _StepFailed(FlashFailure(step, reason))
 
     def _step(self, result: FlashResult, step: FlashStep | None, total: int) -> None:

@@ -55,7 +55,7 @@ class DemoOutcome:
 
 
 def demo_cases() -> list[DemoCase]:
-    """The demo's flashes, in order."""
+    """Return the demo's flashes, in order."""
     cases = [
         DemoCase("update", name, "1.1.0", 2, True, expect_version_after="1.1.0")
         for name in ("ecm", "bms", "bcm")

@@ -5,16 +5,17 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import can
 import can.interfaces.virtual
 import pytest
+from helpers import RawTester
 
 from ecu_sim import SimulatedVehicle, demo_vehicle
 from gateway import DiagChannel
-from helpers import RawTester
 from ota_formats.vehicle import VehicleSpec, load_vehicle
 
 FILES = Path(__file__).parent / "files"
@@ -22,6 +23,30 @@ _channels = itertools.count()
 
 # udsoncan logs every NRC and timeout at error level; the assertions say what matters.
 logging.getLogger("UdsClient").setLevel(logging.CRITICAL)
+
+
+def vcan_problem(channel: str) -> str | None:
+    """Why a SocketCAN test cannot run here, or ``None`` if it can."""
+    if not hasattr(socket, "AF_CAN"):
+        return "this kernel/Python has no AF_CAN (SocketCAN)"
+    try:
+        with socket.socket(socket.AF_CAN, socket.SOCK_RAW, socket.CAN_RAW) as sock:
+            sock.bind((channel,))
+    except OSError as exc:
+        return f"SocketCAN interface {channel!r} unavailable: {exc.strerror}"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``socketcan`` tests, with the reason, where AF_CAN or the vcan interface is missing."""
+    problem = vcan_problem(os.environ.get("HIL_VCAN", "vcan0"))
+    if problem is None:
+        return
+    for item in items:
+        if "socketcan" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=problem))
+        if "bench" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="needs real bench hardware"))
 
 
 @pytest.fixture

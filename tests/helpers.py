@@ -35,7 +35,9 @@ class RawTester:
         params["blocking_send"] = True
         mode = isotp.AddressingMode.Normal_11bits
         self.stack = isotp.NotifierBasedCanStack(
-            bus, notifier, address=isotp.Address(mode, txid=ecu.request_id, rxid=ecu.response_id),
+            bus,
+            notifier,
+            address=isotp.Address(mode, txid=ecu.request_id, rxid=ecu.response_id),
             params=params,
         )
         self.functional_stack = isotp.NotifierBasedCanStack(
@@ -79,7 +81,9 @@ class RawTester:
 
     def ask(self, payload: bytes | str, timeout: float = 0.3) -> str:
         """Send physically; return the single final reply as hex (asserts there is one)."""
-        replies = [r for r in self.request(payload, timeout) if r[:1] != b"\x7f" or r[2:3] != b"\x78"]
+        replies = [
+            r for r in self.request(payload, timeout) if r[:1] != b"\x7f" or r[2:3] != b"\x78"
+        ]
         assert len(replies) == 1, f"expected one reply to {payload!r}, got {replies!r}"
         return replies[0].hex()
 

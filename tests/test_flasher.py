@@ -5,13 +5,12 @@ from __future__ import annotations
 import threading
 import time
 
-import can
 import cantools
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from helpers import make_image, wait_for
 
 from gateway import Flasher, FlashStep
-from helpers import make_image, wait_for
 from ota_formats.uds import DTC_BOOT_REVERTED, BootResult, Session
 
 
@@ -39,6 +38,7 @@ def test_full_sequence_classic_and_fd(request, make_world, vehicle_fixture):
         assert any(m.is_fd and len(m.data) == 64 for m in diag)
     else:
         assert all(not m.is_fd and len(m.data) == 8 for m in diag)
+
     # Functional requests went out on 0x7DF: 10 83, 85 82, 28 83 01, then the restore.
     def functional() -> list[bytes]:
         data = [bytes(m.data) for m in list(frames) if m.arbitration_id == 0x7DF]
@@ -61,7 +61,9 @@ def test_block_counter_wraps(make_world, demo):
     assert result.ok, result.failure
     # First frames of TransferData carry 0x36 and the counter: 1..FF, 00, 01 ...
     counters = [
-        m.data[3] for m in frames if m.arbitration_id == 0x7E0 and m.data[0] >> 4 == 1 and m.data[2] == 0x36
+        m.data[3]
+        for m in frames
+        if m.arbitration_id == 0x7E0 and m.data[0] >> 4 == 1 and m.data[2] == 0x36
     ]
     assert counters[:3] == [1, 2, 3]
     assert counters[254:258] == [0xFF, 0x00, 0x01, 0x02]
@@ -184,7 +186,11 @@ def test_boot_failure_below_the_limit_still_boots(world):
 
 @pytest.mark.parametrize(
     ("variant", "status"),
-    [("foreign key", "signature invalid"), ("hardware", "hardware mismatch"), ("downgrade", "rollback refused")],
+    [
+        ("foreign key", "signature invalid"),
+        ("hardware", "hardware mismatch"),
+        ("downgrade", "rollback refused"),
+    ],
 )
 def test_ecu_refuses_bad_images(world, variant, status):
     ecm = world.spec.ecu("ecm")

@@ -7,8 +7,8 @@ import hashlib
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ecu_sim.faults import FaultInjector, parse_fault
 from ecu_sim.errors import FaultSpecError
+from ecu_sim.faults import FaultInjector, parse_fault
 from ota_formats import (
     HEADER_SIZE,
     ImageFormatError,
@@ -28,7 +28,12 @@ KEY = dev_private_key()
 
 
 def image(payload=b"application", **fields):
-    args = {"hardware_id": "HW-1", "version": "1.2.3", "anti_rollback_counter": 5, "private_key": KEY}
+    args = {
+        "hardware_id": "HW-1",
+        "version": "1.2.3",
+        "anti_rollback_counter": 5,
+        "private_key": KEY,
+    }
     args.update(fields)
     return build_image(payload, **args)
 
@@ -146,7 +151,10 @@ def test_vehicle_file_errors_name_file_and_key(files, tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"ecu": [{"name": "ecm", "request_id": 0x7E0}]}, r"ecu\[ecm\]\.response_id: Field required"),
+        (
+            {"ecu": [{"name": "ecm", "request_id": 0x7E0}]},
+            r"ecu\[ecm\]\.response_id: Field required",
+        ),
         ({"functional_request_id": 0x7E0}, "must all differ"),
         ({"isotp": {"tx_data_length": 64}}, "needs can.fd"),
         ({"isotp": {"tx_data_length": 60}}, r"ecu\[ecm\]\.isotp\.tx_data_length: must be one of"),
@@ -179,9 +187,20 @@ def test_vehicle_defaults_and_overrides(demo):
 
 @pytest.mark.parametrize(
     "text",
-    ["ecm:drop", "ecm:drop=3", "bms:delay=200,2", "ecm:nrc=0x36,0x72", "ecm:nrc=0x36,0x72,1",
-     "ecm:slow-erase=8", "ecm:slow-erase=8,5", "bcm:corrupt-block=3", "bms:fail-boot",
-     "bms:fail-boot=2", "ecm:power-cut-at=65536", "ecm:power-cut-at=65536,1.5"],
+    [
+        "ecm:drop",
+        "ecm:drop=3",
+        "bms:delay=200,2",
+        "ecm:nrc=0x36,0x72",
+        "ecm:nrc=0x36,0x72,1",
+        "ecm:slow-erase=8",
+        "ecm:slow-erase=8,5",
+        "bcm:corrupt-block=3",
+        "bms:fail-boot",
+        "bms:fail-boot=2",
+        "ecm:power-cut-at=65536",
+        "ecm:power-cut-at=65536,1.5",
+    ],
 )
 def test_fault_specs(text):
     spec = parse_fault(text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from helpers import FakeClock, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from udsoncan import Response
@@ -11,7 +12,6 @@ from ecu_sim.faults import FaultInjector
 from ecu_sim.nvm import Nvm
 from ecu_sim.state import VehicleState
 from ecu_sim.uds.server import UdsServer
-from helpers import FakeClock, wait_for
 
 KNOWN_SIDS = [0x10, 0x11, 0x14, 0x19, 0x22, 0x27, 0x28, 0x2E, 0x31, 0x34, 0x36, 0x37, 0x3E, 0x85]
 
@@ -73,7 +73,9 @@ def logic_server(demo, tmp_path):
     return server, clock
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(sequence=st.lists(payloads, min_size=1, max_size=6), functional=st.booleans())
 def test_any_payload_sequence_in_logic(logic_server, sequence, functional):
     server, clock = logic_server

@@ -20,10 +20,10 @@ from pathlib import Path
 import can
 import pytest
 from can_remote import RemoteServer
+from helpers import make_image, wait_for
 
 from ecu_sim.nvm import Nvm
 from gateway import DiagChannel, Flasher, FlashProgress, FlashStep
-from helpers import make_image, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -55,7 +55,9 @@ class EcuProcess:
             try:
                 line = self.lines.get(timeout=timeout)
             except queue.Empty:
-                raise AssertionError(f"no {text!r} from hil ecu run: {''.join(self.output)}") from None
+                raise AssertionError(
+                    f"no {text!r} from hil ecu run: {''.join(self.output)}"
+                ) from None
             if text in line:
                 return
 
@@ -114,8 +116,12 @@ PHASES = [
 ]
 
 
-@pytest.mark.parametrize(("phase", "after_bytes", "faults", "allowed"), PHASES, ids=[str(p[0]) for p in PHASES])
-def test_process_kill_in_each_phase(remote, tester, tmp_path, demo, phase, after_bytes, faults, allowed):
+@pytest.mark.parametrize(
+    ("phase", "after_bytes", "faults", "allowed"), PHASES, ids=[str(p[0]) for p in PHASES]
+)
+def test_process_kill_in_each_phase(
+    remote, tester, tmp_path, demo, phase, after_bytes, faults, allowed
+):
     state_dir = tmp_path / "state"
     bus, notifier = tester
     ecu = EcuProcess(remote, state_dir, *faults)

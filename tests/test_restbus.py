@@ -1,12 +1,12 @@
-"""Cyclic status frames: encoded with cantools from live state, stopped by 0x28 and the bootloader."""
+"""Cyclic status frames: live state via cantools, stopped by 0x28 and by the bootloader."""
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import cantools
 import pytest
-
 from helpers import RawTester, wait_for
 
 
@@ -32,10 +32,14 @@ def test_frames_carry_live_state_and_rolling_counters(world, db):
     decoded = [db.decode_message(m.arbitration_id, m.data) for m in ecm]
     assert all(d["ECM_VehicleSpeed"] == pytest.approx(42.5) for d in decoded)
     counters = [d["ECM_Counter"] for d in decoded]
-    assert all((b - a) % 16 == 1 for a, b in zip(counters, counters[1:]))
-    bms = db.decode_message(bms_status.frame_id, frames_of(frames, bms_status.frame_id, start + 0.15)[-1].data)
+    assert all((b - a) % 16 == 1 for a, b in itertools.pairwise(counters))
+    bms = db.decode_message(
+        bms_status.frame_id, frames_of(frames, bms_status.frame_id, start + 0.15)[-1].data
+    )
     assert bms["BMS_BatteryVoltage"] == pytest.approx(13.1)
-    bcm = db.decode_message(bcm_status.frame_id, frames_of(frames, bcm_status.frame_id, start + 0.15)[-1].data)
+    bcm = db.decode_message(
+        bcm_status.frame_id, frames_of(frames, bcm_status.frame_id, start + 0.15)[-1].data
+    )
     assert str(bcm["BCM_KL15"]) == "Acc"
 
 

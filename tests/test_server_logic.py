@@ -7,12 +7,12 @@ import zlib
 from pathlib import Path
 
 import pytest
+from helpers import FakeClock, make_image
 
 from ecu_sim.faults import FaultInjector
 from ecu_sim.nvm import Nvm
 from ecu_sim.state import VehicleState
 from ecu_sim.uds.server import UdsServer
-from helpers import FakeClock, make_image
 from ota_formats.uds import (
     DTC_BOOT_REVERTED,
     DTC_IMAGE_INVALID,
@@ -30,7 +30,9 @@ class Ecu:
         self.spec = spec
         self.vehicle = vehicle
         self.directory = directory
-        self.server = UdsServer(spec, vehicle, Nvm(directory), VehicleState(), self.faults, self.clock)
+        self.server = UdsServer(
+            spec, vehicle, Nvm(directory), VehicleState(), self.faults, self.clock
+        )
         self.server.power_on()
         self.clock.advance(1.0)
 
@@ -47,7 +49,10 @@ class Ecu:
 
     def unlock(self, level: int) -> None:
         seed = bytes.fromhex(self.one(f"27{level:02x}"))[2:]
-        assert self.one(f"27{level + 1:02x}" + security_key(self.spec.security_secret, seed).hex()) == f"67{level + 1:02x}"
+        assert (
+            self.one(f"27{level + 1:02x}" + security_key(self.spec.security_secret, seed).hex())
+            == f"67{level + 1:02x}"
+        )
 
     def program(self, image: bytes) -> str:
         """Download ``image`` up to the dependency check; return the FF01 reply."""
@@ -63,7 +68,10 @@ class Ecu:
         assert self.one(f"340044 00010000 {len(image):08x}") == "74200fff"
         counter = 1
         for offset in range(0, len(image), 4093):
-            assert self.one(f"36{counter:02x}" + image[offset : offset + 4093].hex()) == f"76{counter:02x}"
+            assert (
+                self.one(f"36{counter:02x}" + image[offset : offset + 4093].hex())
+                == f"76{counter:02x}"
+            )
             counter = (counter + 1) & 0xFF
         assert self.one("37") == "77"
         crc = struct.pack(">I", zlib.crc32(image)).hex()

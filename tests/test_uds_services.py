@@ -6,10 +6,10 @@ import struct
 import zlib
 
 import pytest
+from helpers import RawTester, make_image, wait_for
 
 from ecu_sim.errors import NvmError
 from ecu_sim.nvm import BankWriter
-from helpers import RawTester, make_image, wait_for
 from ota_formats.uds import security_key
 
 ECM_SECRET = bytes(range(16))

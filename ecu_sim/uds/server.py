@@ -356,7 +356,7 @@ class UdsServer:
             if functional and nrc.code in FUNCTIONALLY_SUPPRESSED:
                 return []
             return self._emit(sid, _negative(sid, nrc.code), now)
-        except Exception:  # noqa: BLE001 - an ECU answers rather than dies
+        except Exception:
             log.exception("ECU %s: request %s failed", self.spec.name, payload[:8].hex())
             self._after_request(now)
             if not self.powered:
@@ -474,7 +474,7 @@ class UdsServer:
             if op.functional and nrc.code in FUNCTIONALLY_SUPPRESSED:
                 self._after_request(now)
                 return []
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("ECU %s: operation of service 0x%02X failed", self.spec.name, op.sid)
             payload = _negative(op.sid, Nrc.GENERAL_REJECT)
         else:
@@ -488,7 +488,7 @@ class UdsServer:
         return [Outgoing(payload, now + op.delay_s)]
 
     def next_deadline(self) -> float | None:
-        """The clock time of the next thing :meth:`poll` has to do, if any."""
+        """Return the clock time of the next thing :meth:`poll` has to do, if any."""
         if not self.powered:
             return self._restore_at
         candidates: list[float] = []

@@ -1,4 +1,4 @@
-"""Bus options shared by subcommands: python-can's own, so they mean what they mean in can.logger."""
+"""Bus options shared by subcommands: python-can's own, as in can.logger."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def virtual_channel(prefix: str) -> str:
 
 @contextlib.contextmanager
 def notifier_for(bus: can.BusABC) -> Iterator[can.Notifier]:
-    """The one notifier of ``bus``, stopped on exit."""
+    """Yield the one notifier of ``bus``; stop it on exit."""
     notifier = can.Notifier(bus, [], timeout=0.1)
     try:
         yield notifier

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import can
 
-from ecu_sim import SimulatedVehicle, demo_vehicle_path
+from ecu_sim import SimulatedVehicle, demo_vehicle_path, parse_fault
 from hil.cli._bus import notifier_for, open_bus, reject_bus_with_sim, virtual_channel
+from hil.errors import UsageError
 from ota_formats.vehicle import EcuSpec, VehicleSpec, load_vehicle
 
 
@@ -38,6 +39,13 @@ def add_sim_options(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="with --sim: NVM of the simulated ECUs (kept between runs); default: temporary",
     )
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="ECU:KIND[=ARGS]",
+        help="with --sim: inject a fault (as in 'hil ecu run'), e.g. bms:fail-boot",
+    )
 
 
 def vehicle_from(args: argparse.Namespace) -> VehicleSpec:
@@ -63,6 +71,9 @@ class TesterBus:
 def tester_bus(args: argparse.Namespace, vehicle: VehicleSpec) -> Iterator[TesterBus]:
     """Open the tester's side: the bus from the options, or ``--sim``'s in-process bus."""
     reject_bus_with_sim(args)
+    faults = [parse_fault(text) for text in getattr(args, "fault", [])]
+    if faults and not getattr(args, "sim", False):
+        raise UsageError("--fault needs --sim (faults are injected into simulated ECUs)")
     if getattr(args, "sim", False):
         channel = virtual_channel("hil-sim")
         fd = vehicle.can.fd
@@ -73,6 +84,8 @@ def tester_bus(args: argparse.Namespace, vehicle: VehicleSpec) -> Iterator[Teste
                 SimulatedVehicle(vehicle, ecu_bus, state_dir=args.state_dir) as sim,
                 notifier_for(bus) as notifier,
             ):
+                for fault in faults:
+                    fault.apply(sim.ecu(fault.ecu).faults)
                 yield TesterBus(bus, notifier, sim)
         finally:
             bus.shutdown()

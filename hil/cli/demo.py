@@ -39,8 +39,10 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
 
     def on_case(case: DemoCase) -> None:
-        console.print(f"[bold]{case.title}[/bold]: {case.ecu} <- {case.version} "
-                      f"(anti-rollback {case.counter}, signed with {case.signer})")
+        console.print(
+            f"[bold]{case.title}[/bold]: {case.ecu} <- {case.version} "
+            f"(anti-rollback {case.counter}, signed with {case.signer})"
+        )
 
     def flash(flasher: Flasher, image: bytes) -> FlashResult:
         return flash_with_progress(flasher, image, console, show)

@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.table import Table
 from udsoncan import services
 
-from gateway import DiagChannel, DiagnosticError
+from gateway import DiagChannel, DiagnosticError, DiagnosticTimeout
+from gateway.diag import DID_CODECS, nrc_name
 from gateway.flasher import describe_boot
 from hil.cli._bus import add_bus_options
 from hil.cli._vehicle import add_sim_options, add_vehicle_option, tester_bus, vehicle_from
@@ -89,6 +90,21 @@ def _format(value: Any) -> str:
     return str(value)
 
 
+def _read_did(channel: DiagChannel, did: int) -> str:
+    """Read one DID: decoded if the contract knows it, as hex bytes otherwise."""
+    if did in DID_CODECS:
+        reply = channel.call(lambda c: c.read_data_by_identifier([did]))
+        if reply is None:
+            raise DiagnosticError("no reply to ReadDataByIdentifier")
+        return _format(reply.service_data.values[did])
+    raw = channel.raw(bytes([0x22]) + did.to_bytes(2, "big"), 1.0)
+    if raw is None:
+        raise DiagnosticTimeout("no response")
+    if raw[0] == 0x7F and len(raw) >= 3:
+        raise DiagnosticError(f"negative response 0x{raw[2]:02X} ({nrc_name(raw[2])})", nrc=raw[2])
+    return raw[3:].hex(" ")
+
+
 def run_diag(args: argparse.Namespace) -> int:
     """Run one diagnostic action; exit 1 if the ECU refused or did not answer."""
     vehicle = vehicle_from(args)
@@ -97,27 +113,26 @@ def run_diag(args: argparse.Namespace) -> int:
     command = args.diag_command
     dids = [_hex(text, "DID", 0xFFFF) for text in getattr(args, "dids", [])]
     mask = _hex(args.mask.removeprefix("0x"), "mask", 0xFF) if command == "dtc" else 0
-    with tester_bus(args, vehicle) as tester, DiagChannel(
-        tester.bus, tester.notifier, vehicle, ecu
-    ) as channel:
+    with (
+        tester_bus(args, vehicle) as tester,
+        DiagChannel(tester.bus, tester.notifier, vehicle, ecu) as channel,
+    ):
         try:
             if command in ("info", "read"):
                 table = Table("DID", "value", title=f"{ecu.name} ({ecu.role or 'ECU'})")
                 for did in dids or IDENTITY:
                     try:
-                        values = channel.call(lambda c, d=did: c.read_data_by_identifier([d]))
-                        shown = _format(values.service_data.values[did])
+                        shown = _read_did(channel, did)
                     except DiagnosticError as exc:
                         if command == "read":
                             raise
                         shown = f"({exc})"
-                    except (KeyError, ValueError):
-                        reply = channel.raw(bytes([0x22]) + did.to_bytes(2, "big"), 1.0)
-                        shown = reply[3:].hex(" ") if reply and reply[0] == 0x62 else "?"
                     table.add_row(f"0x{did:04X}", shown)
                 console.print(table)
             elif command == "dtc":
                 reply = channel.call(lambda c: c.get_dtc_by_status_mask(mask))
+                if reply is None:
+                    raise DiagnosticError("no reply to ReadDTCInformation")
                 table = Table("DTC", "status", title=f"{ecu.name}: DTCs matching 0x{mask:02X}")
                 for dtc in reply.service_data.dtcs:
                     status = dtc.status.get_byte_as_int()

@@ -44,7 +44,7 @@ def add_subparser(subparsers: Any) -> None:
 
 
 def progress_bar(console: Console) -> Progress:
-    """The progress bar of a flash."""
+    """Return the progress bar of a flash."""
     return Progress(
         TextColumn("{task.fields[ecu]}"),
         TextColumn("{task.description:<20}"),
@@ -101,9 +101,10 @@ def run_flash(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot read image {args.image}: {exc.strerror}") from exc
     console = Console()
     show = not args.no_progress and sys.stdout.isatty()
-    with tester_bus(args, vehicle) as tester, DiagChannel(
-        tester.bus, tester.notifier, vehicle, ecu
-    ) as channel:
+    with (
+        tester_bus(args, vehicle) as tester,
+        DiagChannel(tester.bus, tester.notifier, vehicle, ecu) as channel,
+    ):
         result = flash_with_progress(Flasher(channel), image, console, show)
     print_result(result, console)
     return 0 if result.ok else 1

@@ -15,7 +15,7 @@ class ClearDiagnosticInformation(ServiceHandler):
     service = services.ClearDiagnosticInformation
 
     def handle(self, server: UdsServer, request: Request, payload: bytes) -> bytes:
-        """groupOfDTC is 3 bytes; a memory selection byte is not supported."""
+        """GroupOfDTC is 3 bytes; a memory selection byte is not supported."""
         if len(payload) != 4:
             raise NegativeResponse(Nrc.INCORRECT_LENGTH)
         group = int.from_bytes(payload[1:4], "big")

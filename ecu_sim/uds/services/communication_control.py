@@ -29,7 +29,7 @@ class CommunicationControl(ServiceHandler):
     }
 
     def handle(self, server: UdsServer, request: Request, payload: bytes) -> bytes:
-        """The communicationType byte's low bits pick normal (1), NM (2) or both (3)."""
+        """Apply the control type to normal (1), NM (2) or both (3) message types."""
         if len(payload) != 3:
             raise NegativeResponse(Nrc.INCORRECT_LENGTH)
         comm_type = payload[2] & 0x03

@@ -20,5 +20,7 @@ class ControlDtcSetting(ServiceHandler):
     def handle(self, server: UdsServer, request: Request, payload: bytes) -> bytes:
         """Any DTCSettingControlOptionRecord is accepted and ignored."""
         assert request.subfunction is not None
-        server.vars.dtc_setting_on = request.subfunction == services.ControlDTCSetting.SettingType.on
+        server.vars.dtc_setting_on = (
+            request.subfunction == services.ControlDTCSetting.SettingType.on
+        )
         return bytes([request.subfunction])

@@ -43,4 +43,6 @@ class ReadDtcInformation(ServiceHandler):
         matching = sorted(code for code, status in stored.items() if status & mask)
         if subfunction == _REPORT.reportNumberOfDTCByStatusMask:
             return header + bytes([DTC_FORMAT_ISO14229_1]) + struct.pack(">H", len(matching))
-        return header + b"".join(code.to_bytes(3, "big") + bytes([stored[code]]) for code in matching)
+        return header + b"".join(
+            code.to_bytes(3, "big") + bytes([stored[code]]) for code in matching
+        )

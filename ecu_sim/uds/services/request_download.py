@@ -19,7 +19,7 @@ class RequestDownload(ServiceHandler):
     security = SecurityLevel.PROGRAMMING
 
     def handle(self, server: UdsServer, request: Request, payload: bytes) -> bytes:
-        """Checks: length, format identifiers, range, download already active, erased."""
+        """Check length, format identifiers, range, active download, erase; then start."""
         if len(payload) < 3:
             raise NegativeResponse(Nrc.INCORRECT_LENGTH)
         alfid = payload[2]

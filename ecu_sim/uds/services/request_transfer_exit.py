@@ -18,7 +18,7 @@ class RequestTransferExit(ServiceHandler):
     security = SecurityLevel.PROGRAMMING
 
     def handle(self, server: UdsServer, request: Request, payload: bytes) -> bytes:
-        """A transferRequestParameterRecord is accepted and ignored."""
+        """End the download (a transferRequestParameterRecord is ignored)."""
         try:
             server.boot.transfer_exit()
         except SequenceError as exc:

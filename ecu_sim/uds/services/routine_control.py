@@ -86,7 +86,7 @@ class RoutineControl(ServiceHandler):
     }
 
     def handle(self, server: UdsServer, request: Request, payload: bytes) -> bytes | Pending:
-        """Checks: length, routine known in session, security, record length, sequence."""
+        """Check length, routine in session, security, record length, sequence; then run."""
         if len(payload) < 4:
             raise NegativeResponse(Nrc.INCORRECT_LENGTH)
         assert request.subfunction is not None

@@ -18,7 +18,7 @@ class TransferData(ServiceHandler):
     security = SecurityLevel.PROGRAMMING
 
     def handle(self, server: UdsServer, request: Request, payload: bytes) -> bytes:
-        """Checks: length, download active, block counter, range, supply voltage, write."""
+        """Check length, download, block counter, range, supply voltage; then write."""
         if len(payload) < 3 or len(payload) > server.spec.block_length():
             raise NegativeResponse(Nrc.INCORRECT_LENGTH)
         counter = payload[1]

@@ -6,7 +6,13 @@ import re
 
 from udsoncan import Request, services
 
-from ecu_sim.uds.server import NON_DEFAULT_SESSIONS, NegativeResponse, Nrc, ServiceHandler, UdsServer
+from ecu_sim.uds.server import (
+    NON_DEFAULT_SESSIONS,
+    NegativeResponse,
+    Nrc,
+    ServiceHandler,
+    UdsServer,
+)
 from ota_formats.uds import DID_SIZES, Did, SecurityLevel, Session
 
 _VIN = re.compile(rb"^[A-HJ-NPR-Z0-9]{17}$")
@@ -26,7 +32,7 @@ class WriteDataByIdentifier(ServiceHandler):
     sessions = NON_DEFAULT_SESSIONS
 
     def handle(self, server: UdsServer, request: Request, payload: bytes) -> bytes:
-        """Checks run: length, DID in session, security, record length, record content."""
+        """Check length, DID in session, security, record length and content; then write."""
         if len(payload) < 4:
             raise NegativeResponse(Nrc.INCORRECT_LENGTH)
         did = int.from_bytes(payload[1:3], "big")
