@@ -119,6 +119,7 @@ class SimulatedEcu:
         self.server = UdsServer(spec, vehicle, Nvm(nvm_dir), state, self.faults, clock)
         self._lock = threading.RLock()
         self._wakeup = threading.Event()
+        self._timer_due = 0.0
         self._scheduled: list[tuple[float, int, bytes]] = []
         self._sequence = 0
         self._thread: threading.Thread | None = None
@@ -211,12 +212,18 @@ class SimulatedEcu:
             outgoing = self.server.handle(payload, functional=functional)
             outgoing += self.server.poll()
             self._dispatch(outgoing, was_powered)
-        self._wakeup.set()
+            # Wake the timer thread only if something is now due before it planned to wake.
+            wake = self._next_wakeup() < self._timer_due
+        if wake:
+            self._wakeup.set()
 
     def _run(self) -> None:
         """Timer thread: 0x78 reminders, end of slow operations, S3, delayed replies."""
         while self._running:
-            self._wakeup.wait(self._wait_time())
+            with self._lock:
+                self._timer_due = self._next_wakeup()
+                timeout = max(0.0, self._timer_due - self.clock())
+            self._wakeup.wait(timeout)
             self._wakeup.clear()
             with self._lock:
                 was_powered = self.server.powered
@@ -229,16 +236,15 @@ class SimulatedEcu:
             heapq.heappush(self._scheduled, (out.at, self._sequence, out.payload))
         self._send_due()
 
-    def _wait_time(self) -> float:
-        with self._lock:
-            now = self.clock()
-            deadlines = [now + _IDLE_WAKEUP_S]
-            nxt = self.server.next_deadline()
-            if nxt is not None:
-                deadlines.append(nxt)
-            if self._scheduled:
-                deadlines.append(self._scheduled[0][0])
-            return max(0.0, min(deadlines) - now)
+    def _next_wakeup(self) -> float:
+        """Clock time the timer thread has to run next (called with the lock held)."""
+        deadlines = [self.clock() + _IDLE_WAKEUP_S]
+        nxt = self.server.next_deadline()
+        if nxt is not None:
+            deadlines.append(nxt)
+        if self._scheduled:
+            deadlines.append(self._scheduled[0][0])
+        return min(deadlines)
 
     def _send_due(self) -> None:
         now = self.clock()

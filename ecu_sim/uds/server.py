@@ -340,13 +340,12 @@ class UdsServer:
                 return []
             return [Outgoing(_negative(sid, BUSY_REPEAT_REQUEST), now)]
         forced = self.faults.take_nrc(sid)
-        service = BaseService.from_request_id(sid)
         suppress = False
         try:
             if forced is not None:
                 raise NegativeResponse(forced, "forced by fault injection")
             request, handler = self._check(payload)
-            assert request.service is not None
+            service = handler.service
             suppress = request.suppress_positive_response
             result = handler.handle(self, request, payload)
             if not self.powered:
@@ -362,7 +361,6 @@ class UdsServer:
             if not self.powered:
                 return []
             return self._emit(sid, _negative(sid, Nrc.GENERAL_REJECT), now)
-        assert service is not None
         if isinstance(result, Pending):
             return self._start_operation(service, sid, result, suppress, functional, now)
         out = [] if suppress else self._emit(sid, _positive(service, result), now)
