@@ -92,7 +92,11 @@ class _StackPump:
         while self._running:
             data = self.stack.recv(block=True, timeout=0.05)
             if data is not None and self._running:
-                self._deliver(bytes(data))
+                try:
+                    self._deliver(bytes(data))
+                except Exception:
+                    # A dead pump would leave a deaf ECU; log and keep serving.
+                    log.exception("%s: request handling failed", self.name)
 
 
 class SimulatedEcu:
@@ -109,8 +113,11 @@ class SimulatedEcu:
         database: Any = None,
         clock: Callable[[], float] = time.monotonic,
         faults: FaultInjector | None = None,
+        send_lock: threading.Lock | None = None,
     ) -> None:
         self.spec = spec
+        # Not every python-can interface may be sent on from several threads at once.
+        self._send_lock = send_lock or threading.Lock()
         self.vehicle = vehicle
         self.bus = bus
         self.state = state
@@ -143,7 +150,9 @@ class SimulatedEcu:
             lambda data: self._process(data, functional=True),
         )
         self.restbus = (
-            Restbus(bus, database, spec.name, self.signal_values) if database is not None else None
+            Restbus(bus, database, spec.name, self.signal_values, self._send_lock)
+            if database is not None
+            else None
         )
 
     # -- life cycle ------------------------------------------------------------------
@@ -162,12 +171,14 @@ class SimulatedEcu:
 
     def stop(self) -> None:
         """Stop serving; NVM keeps its state (as after a power-off)."""
-        self._running = False
+        with self._lock:
+            self._running = False
+            self._listening = False
+            if self.restbus is not None:
+                self.restbus.set_enabled(False)
         self._wakeup.set()
         if self._thread is not None:
             self._thread.join(2.0)
-        if self.restbus is not None:
-            self.restbus.set_enabled(False)
         stopper = threading.Thread(target=self._functional.stop)
         stopper.start()
         self._physical.stop()
@@ -195,15 +206,15 @@ class SimulatedEcu:
     def _transmit(self, frame: isotp.CanMessage) -> None:
         if not self._listening:
             return
-        self.bus.send(
-            can.Message(
-                arbitration_id=frame.arbitration_id,
-                data=frame.data,
-                is_extended_id=frame.is_extended_id,
-                is_fd=frame.is_fd,
-                bitrate_switch=frame.bitrate_switch,
-            )
+        message = can.Message(
+            arbitration_id=frame.arbitration_id,
+            data=frame.data,
+            is_extended_id=frame.is_extended_id,
+            is_fd=frame.is_fd,
+            bitrate_switch=frame.bitrate_switch,
         )
+        with self._send_lock:
+            self.bus.send(message)
 
     def _process(self, payload: bytes, *, functional: bool) -> None:
         """Serve one request on the thread of the stack that reassembled it."""
@@ -225,9 +236,13 @@ class SimulatedEcu:
                 timeout = max(0.0, self._timer_due - self.clock())
             self._wakeup.wait(timeout)
             self._wakeup.clear()
-            with self._lock:
-                was_powered = self.server.powered
-                self._dispatch(self.server.poll(), was_powered)
+            try:
+                with self._lock:
+                    was_powered = self.server.powered
+                    self._dispatch(self.server.poll(), was_powered)
+            except Exception:
+                log.exception("ECU %s: timer handling failed", self.spec.name)
+                time.sleep(_IDLE_WAKEUP_S)
 
     def _dispatch(self, outgoing: list[Outgoing], was_powered: bool) -> None:
         self._after_change(was_powered)
@@ -258,6 +273,8 @@ class SimulatedEcu:
         if was_powered and not powered:
             self._scheduled.clear()
             self._listening = False
+        if not self._running:
+            return
         if powered and not was_powered:
             self._physical.restart()
             self._functional.restart()

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from ecu_sim.errors import NvmError
 from ecu_sim.faults import FaultInjector, PowerCut
 from ecu_sim.nvm import BankRecord, BankWriter, Nvm, NvmRecord
 from ota_formats import ImageFormatError, ImageIntegrityError, SignatureError, parse_image
@@ -134,8 +135,14 @@ class Bootloader:
         return record
 
     def save(self) -> None:
-        """Persist the record (atomic)."""
-        self.nvm.save(self.record)
+        """Persist the record (atomic); if that fails, memory goes back to what NVM holds."""
+        try:
+            self.nvm.save(self.record)
+        except NvmError:
+            stored = self.nvm.load()
+            if stored is not None:
+                self.record = stored
+            raise
 
     @property
     def active_version(self) -> str:
@@ -217,7 +224,14 @@ class Bootloader:
         if not app_valid:
             if rec.active_bank is not None:
                 rec.banks[rec.active_bank].state = "invalid"
-            other = [b for b in (0, 1) if b != rec.active_bank and self._intact(b)]
+            # The fallback obeys anti-rollback too: a corrupt bank must not open a downgrade.
+            other = [
+                b
+                for b in (0, 1)
+                if b != rec.active_bank
+                and self._intact(b)
+                and rec.banks[b].anti_rollback_counter >= rec.anti_rollback_counter
+            ]
             if other:
                 rec.active_bank = other[0]
                 app_valid = True
@@ -289,6 +303,8 @@ class Bootloader:
         if dl.last_counter is not None and counter == dl.last_counter:
             # The tester missed our reply and sent the block again: it is already written.
             return True
+        if dl.received == dl.size:
+            raise SequenceError("every requested byte has been transferred")
         if counter != dl.expected_counter:
             raise WrongBlockCounter(
                 f"block counter 0x{counter:02X}, expected 0x{dl.expected_counter:02X}"

@@ -34,6 +34,7 @@ class Restbus:
         database: cantools.database.can.Database,
         node: str,
         values: ValueSource,
+        send_lock: threading.Lock | None = None,
     ) -> None:
         self.bus = bus
         self.node = node.upper()
@@ -44,7 +45,7 @@ class Restbus:
         self._counters: dict[int, int] = {}
         self._tasks: list[Any] = []
         self._lock = threading.Lock()
-        self._send_lock = threading.Lock()
+        self._send_lock = send_lock or threading.Lock()
         self._enabled = False
 
     @property

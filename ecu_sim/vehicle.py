@@ -52,6 +52,7 @@ class SimulatedVehicle:
             raise EcuSimError("a vehicle needs at least one ECU")
         database = self._load_dbc() if restbus else None
         self.ecus: dict[str, SimulatedEcu] = {}
+        send_lock = threading.Lock()
         for name in names:
             ecu_spec = spec.ecu(name)
             self.ecus[name] = SimulatedEcu(
@@ -63,6 +64,7 @@ class SimulatedVehicle:
                 database=database,
                 clock=clock,
                 faults=FaultInjector(),
+                send_lock=send_lock,
             )
         self._routes: dict[int, list[tuple[SimulatedEcu, bool]]] = {}
         for ecu in self.ecus.values():

@@ -240,14 +240,30 @@ class DiagChannel:
         except Exception as exc:
             raise describe_failure(exc) from exc
 
-    def functional(self, action: Callable[[Client], Any]) -> None:
-        """Send a request to every ECU (functional address) with the positive reply suppressed."""
+    def functional(self, action: Callable[[Client], Any], *, listen_s: float = 0.0) -> None:
+        """Send a request to every ECU (functional address) with the positive reply suppressed.
+
+        With ``listen_s``, wait that long for a negative response of the target ECU (on its
+        physical response id) and raise it. Only the thread that owns the physical requests may
+        listen, or it would take their replies.
+        """
         with self._functional_lock:
             try:
+                if listen_s > 0:
+                    self._connection.empty_rxqueue()
                 with self._functional_client.suppress_positive_response:
                     action(self._functional_client)
             except Exception as exc:
                 raise describe_failure(exc) from exc
+        if listen_s > 0:
+            reply = self._connection.wait_frame(timeout=listen_s, exception=False)
+            if reply is not None and len(reply) >= 3 and reply[0] == 0x7F:
+                code = reply[2]
+                raise DiagnosticError(
+                    f"{self.ecu.name} answered the functional request 0x{reply[1]:02X} with "
+                    f"negative response 0x{code:02X} ({nrc_name(code)})",
+                    nrc=code,
+                )
 
     def raw(self, payload: bytes, timeout_s: float) -> bytes | None:
         """Send raw bytes physically; return the first reply, or ``None`` after ``timeout_s``."""

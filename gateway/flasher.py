@@ -30,21 +30,23 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NoReturn, TypeVar
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from udsoncan import MemoryLocation, services
 from udsoncan.client import Client
 
 from gateway.diag import DiagChannel, nrc_name
 from gateway.errors import DiagnosticError
-from ota_formats import ImageFormatError, parse_image
+from ota_formats import ImageFormatError, OtaFormatError, parse_image
 from ota_formats.uds import (
     ADDRESS_AND_LENGTH_FORMAT,
     APP_ADDRESS,
     DID_SIZES,
+    NO_BANK,
     BootResult,
     BootStatus,
     CheckMemoryStatus,
@@ -63,6 +65,7 @@ T = TypeVar("T")
 class FlashStep(StrEnum):
     """The steps of a flash, in order."""
 
+    CHECK_IMAGE = "check image"
     IDENTIFY = "identify"
     EXTENDED_SESSION = "extended session"
     PRECONDITIONS = "preconditions"
@@ -99,6 +102,8 @@ class FlashFailure:
     reason: str
     nrc: int | None = None
     timeout: bool = False
+    status: int | None = None
+    """The routine status record byte, when a routine reported the failure."""
 
     def __str__(self) -> str:
         return f"{self.step}: {self.reason}"
@@ -139,12 +144,20 @@ class FlashResult:
         """A few words for a table cell."""
         if self.ok:
             return "flashed"
-        assert self.failure is not None
-        if self.failure.step == FlashStep.CHECK_DEPENDENCIES:
+        failure = self.failure
+        assert failure is not None
+        if failure.step == FlashStep.CHECK_DEPENDENCIES and failure.status is not None:
             return "refused by ECU"
-        if self.failure.step == FlashStep.VERIFY:
+        if failure.step == FlashStep.CHECK_IMAGE:
+            return "refused by tester"
+        status = self.boot_status_after
+        if (
+            failure.step == FlashStep.VERIFY
+            and status is not None
+            and status.last_boot_result == BootResult.REVERTED
+        ):
             return "did not boot"
-        return f"failed: {self.failure.step}"
+        return f"failed: {failure.step}"
 
 
 class _StepFailed(Exception):
@@ -175,6 +188,8 @@ class Flasher:
         transfer_retries: int = 2,
         tester_serial: bytes = b"HILTESTER1",
         check_compatibility: bool = True,
+        trust_anchors: Sequence[Ed25519PublicKey] | None = None,
+        functional_listen_s: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         today: Callable[[], datetime.date] = datetime.date.today,
@@ -189,12 +204,15 @@ class Flasher:
         self.transfer_retries = transfer_retries
         self.tester_serial = tester_serial
         self.check_compatibility = check_compatibility
+        self.trust_anchors = None if trust_anchors is None else list(trust_anchors)
+        self.functional_listen_s = functional_listen_s
         self.clock = clock
         self.sleep = sleep
         self.today = today
         self._keepalive_stop = threading.Event()
         self._keepalive_thread: threading.Thread | None = None
         self._current: tuple[FlashStep, float] | None = None
+        self._active_before = NO_BANK
         self._sent = 0
 
     @property
@@ -231,14 +249,20 @@ class Flasher:
         self._sent = 0
         comm_disabled = False
         try:
+            self._step(result, FlashStep.CHECK_IMAGE, len(image))
+            self._check_image(image)
             self._step(result, FlashStep.IDENTIFY, len(image))
             try:
-                current, hardware, _status = self.read_identity()
+                current, hardware, status = self.read_identity()
             except DiagnosticError as exc:
                 raise self._failure(FlashStep.IDENTIFY, exc) from exc
             result.version_before = current
-            if self.check_compatibility:
-                self._check_image(header, hardware)
+            self._active_before = status.active_bank
+            if self.check_compatibility and header is not None and header.hardware_id != hardware:
+                self._fail(
+                    FlashStep.IDENTIFY,
+                    f"image is for hardware {header.hardware_id!r}, the ECU is {hardware!r}",
+                )
             comm_disabled = True
             self._program(result, image)
             result.ok = True
@@ -254,17 +278,17 @@ class Flasher:
 
     # -- the sequence -----------------------------------------------------------------------
 
-    def _check_image(self, header: object, hardware: str) -> None:
-        if header is None:
-            raise _StepFailed(FlashFailure(FlashStep.IDENTIFY, "the file is not a signed image"))
-        image_hw = getattr(header, "hardware_id", "")
-        if image_hw != hardware:
-            raise _StepFailed(
-                FlashFailure(
-                    FlashStep.IDENTIFY,
-                    f"image is for hardware {image_hw!r}, the ECU is {hardware!r}",
-                )
-            )
+    def _check_image(self, image: bytes) -> None:
+        """Refuse, before touching the ECU, what the tester can already tell is wrong."""
+        if not self.check_compatibility and self.trust_anchors is None:
+            return
+        try:
+            parsed = parse_image(image)
+            parsed.check_integrity()
+            if self.trust_anchors is not None:
+                parsed.check_signature(self.trust_anchors)
+        except OtaFormatError as exc:
+            self._fail(FlashStep.CHECK_IMAGE, f"the image does not verify: {exc}")
 
     def _program(self, result: FlashResult, image: bytes) -> None:
         total = len(image)
@@ -279,7 +303,9 @@ class Flasher:
         if status != 0:
             flags = PreconditionFlags(status)
             names = ", ".join(f.name.lower().replace("_", " ") for f in flags if f.name) or "?"
-            self._fail(FlashStep.PRECONDITIONS, f"programming preconditions not met: {names}")
+            self._fail(
+                FlashStep.PRECONDITIONS, f"programming preconditions not met: {names}", status
+            )
 
         self._step(result, FlashStep.DISABLE_DTC_SETTING, total)
         self._functional(
@@ -316,7 +342,7 @@ class Flasher:
         record = bytes([ADDRESS_AND_LENGTH_FORMAT]) + struct.pack(">II", APP_ADDRESS, total)
         status = self._routine(FlashStep.ERASE, Routine.ERASE_MEMORY, record)
         if status != 0:
-            self._fail(FlashStep.ERASE, f"erase routine reported status 0x{status:02X}")
+            self._fail(FlashStep.ERASE, f"erase routine reported status 0x{status:02X}", status)
 
         self._step(result, FlashStep.REQUEST_DOWNLOAD, total)
         location = MemoryLocation(APP_ADDRESS, total, address_format=32, memorysize_format=32)
@@ -348,6 +374,7 @@ class Flasher:
             self._fail(
                 FlashStep.CHECK_MEMORY,
                 f"CRC-32 of the ECU's memory differs from the image's (status 0x{status:02X})",
+                status,
             )
 
         self._step(result, FlashStep.CHECK_DEPENDENCIES, total)
@@ -360,19 +387,31 @@ class Flasher:
             self._fail(
                 FlashStep.CHECK_DEPENDENCIES,
                 f"the ECU refused the image: {why} (status 0x{status:02X})",
+                status,
             )
 
         self._step(result, FlashStep.RESET, total)
-        self._call(FlashStep.RESET, lambda c: c.ecu_reset(services.ECUReset.ResetType.hardReset))
+        try:
+            self.channel.call(lambda c: c.ecu_reset(services.ECUReset.ResetType.hardReset))
+        except DiagnosticError as exc:
+            if not exc.timeout:
+                raise self._failure(FlashStep.RESET, exc) from exc
+            # The reply may be lost while the reset happened: verification will tell.
 
         self._step(result, FlashStep.VERIFY, total)
         version, status_after = self._await_boot(FlashStep.VERIFY)
         result.version_after = version
         result.boot_status_after = status_after
-        if version != result.image_version:
+        booted_new = (
+            status_after.last_boot_result == BootResult.OK
+            and status_after.pending_bank == NO_BANK
+            and status_after.active_bank != self._active_before
+        )
+        if version != result.image_version or not booted_new:
             self._fail(
                 FlashStep.VERIFY,
-                f"ECU runs {version!r} after reset, expected {result.image_version!r} "
+                f"ECU runs {version!r} from bank {bank_name(status_after.active_bank)} after "
+                f"reset, expected {result.image_version!r} from the other bank "
                 f"({describe_boot(status_after)})",
             )
         self._report(FlashStep.VERIFY, total, total)
@@ -475,7 +514,7 @@ class Flasher:
 
     def _functional(self, step: FlashStep, action: Callable[..., object]) -> None:
         try:
-            self.channel.functional(action)
+            self.channel.functional(action, listen_s=self.functional_listen_s)
         except DiagnosticError as exc:
             raise self._failure(step, exc) from exc
 
@@ -490,8 +529,8 @@ class Flasher:
         text = f"{context}: {exc}" if context else str(exc)
         return _StepFailed(FlashFailure(step, text, nrc=exc.nrc, timeout=exc.timeout))
 
-    def _fail(self, step: FlashStep, reason: str) -> NoReturn:
-        raise _StepFailed(FlashFailure(step, reason))
+    def _fail(self, step: FlashStep, reason: str, status: int | None = None) -> NoReturn:
+        raise _StepFailed(FlashFailure(step, reason, status=status))
 
     def _step(self, result: FlashResult, step: FlashStep | None, total: int) -> None:
         """Close the running step's timing and start ``step`` (``None``: just close)."""
@@ -513,8 +552,11 @@ class Flasher:
     # -- keepalive -------------------------------------------------------------------------------
 
     def _start_keepalive(self) -> None:
-        self._keepalive_stop.clear()
-        thread = threading.Thread(target=self._keepalive, name=f"tp-{self.ecu}", daemon=True)
+        # A fresh event per run: a straggling thread of an earlier run keeps its own, set one.
+        self._keepalive_stop = threading.Event()
+        thread = threading.Thread(
+            target=self._keepalive, args=(self._keepalive_stop,), name=f"tp-{self.ecu}", daemon=True
+        )
         thread.start()
         self._keepalive_thread = thread
 
@@ -524,8 +566,8 @@ class Flasher:
             self._keepalive_thread.join(2.0)
             self._keepalive_thread = None
 
-    def _keepalive(self) -> None:
-        while not self._keepalive_stop.wait(self.keepalive_interval_s):
+    def _keepalive(self, stop: threading.Event) -> None:
+        while not stop.wait(self.keepalive_interval_s):
             try:
                 self.channel.functional(lambda c: c.tester_present())
             except DiagnosticError:

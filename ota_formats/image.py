@@ -111,13 +111,16 @@ class ImageHeader:
             raise ImageFormatError(
                 f"image is {len(data)} bytes, shorter than its {HEADER_SIZE}-byte header"
             )
-        magic, fmt, _reserved, size, hw, ver, counter, length, digest, kid = _SIGNED.unpack_from(
+        magic, fmt, reserved, size, hw, ver, counter, length, digest, kid = _SIGNED.unpack_from(
             data
         )
         if magic != MAGIC:
             raise ImageFormatError(f"bad magic {magic!r}, expected {MAGIC!r}: not a signed image")
         if fmt != FORMAT_VERSION:
             raise ImageFormatError(f"image format version {fmt} is not supported")
+        if reserved != 0:
+            # The signature is checked over the re-encoded header, which has 0 here.
+            raise ImageFormatError(f"reserved byte is 0x{reserved:02X}, must be 0")
         if size != HEADER_SIZE:
             raise ImageFormatError(f"header size {size} does not match format 1 ({HEADER_SIZE})")
         return cls(

@@ -144,6 +144,17 @@ def test_flash_and_diag_on_the_simulated_vehicle(capsys, tmp_path, demo):
     assert "check dependencies" in out and "rollback refused" in out and "runs now: 2.5.0" in out
 
 
+def test_flash_refuses_an_untrusted_image_unless_told_not_to_verify(capsys, tmp_path, demo):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    image = tmp_path / "foreign.img"
+    image.write_bytes(make_image(demo.ecu("bcm"), key=Ed25519PrivateKey.generate()))
+    code, out, _ = run(capsys, "flash", "--sim", "--ecu", "bcm", str(image))
+    assert code == 1 and "check image" in out and "not trusted" in out
+    code, out, _ = run(capsys, "flash", "--sim", "--ecu", "bcm", "--no-verify", str(image))
+    assert code == 1 and "check dependencies" in out and "signature invalid" in out
+
+
 def test_boot_failure_then_dtcs(capsys, tmp_path, demo):
     state = str(tmp_path / "state")
     image = tmp_path / "bms.img"

@@ -211,7 +211,12 @@ def test_ecu_refuses_bad_images(world, variant, status):
 def test_tampered_payload_is_refused(world):
     image = bytearray(make_image(world.spec.ecu("ecm")))
     image[-10] ^= 0xFF
+    # The tester sees the SHA-256 mismatch itself ...
     result = flash(world, "ecm", bytes(image))
+    assert result.failure.step == FlashStep.CHECK_IMAGE
+    assert "SHA-256" in result.failure.reason
+    # ... and so does the ECU when the tester does not look.
+    result = flash(world, "ecm", bytes(image), check_compatibility=False)
     assert result.failure.step == FlashStep.CHECK_DEPENDENCIES
     assert "image invalid" in result.failure.reason
     assert result.version_after == "1.0.0"
@@ -230,3 +235,43 @@ def test_preconditions_not_met(world):
     result = flash(world, "ecm", make_image(world.spec.ecu("ecm")))
     assert result.failure.step == FlashStep.PRECONDITIONS
     assert "vehicle moving" in result.failure.reason
+
+
+def test_lost_reset_reply_is_not_a_failure(world):
+    world.vehicle.ecu("ecm").faults.drop_responses(1, service=0x11)
+    result = flash(world, "ecm", make_image(world.spec.ecu("ecm")))
+    assert result.ok, result.failure
+    assert result.version_after == "2.0.0"
+
+
+def test_negative_reply_to_a_functional_step_is_reported(world):
+    world.vehicle.ecu("ecm").faults.force_nrc(0x85, 0x22, count=1)
+    result = flash(world, "ecm", make_image(world.spec.ecu("ecm")))
+    assert result.failure.step == FlashStep.DISABLE_DTC_SETTING
+    assert result.failure.nrc == 0x22
+    assert result.version_after == "1.0.0"
+
+
+def test_same_version_that_reverts_is_a_failure(world):
+    ecm = world.spec.ecu("ecm")
+    assert flash(world, "ecm", make_image(ecm, "2.0.0", 2)).ok
+    world.vehicle.ecu("ecm").faults.fail_boot()
+    result = flash(world, "ecm", make_image(ecm, "2.0.0", 2))
+    assert not result.ok
+    assert result.failure.step == FlashStep.VERIFY
+    assert result.version_after == "2.0.0"
+    assert result.short_outcome == "did not boot"
+
+
+def test_tester_refuses_an_untrusted_image_before_touching_the_ecu(world):
+    ecm = world.spec.ecu("ecm")
+    image = make_image(ecm, "2.1.0", 6, key=Ed25519PrivateKey.generate())
+    frames = world.sniff()
+    result = flash(world, "ecm", image, trust_anchors=world.spec.trust_anchor_keys())
+    assert result.failure.step == FlashStep.CHECK_IMAGE
+    assert "not trusted" in result.failure.reason
+    assert result.short_outcome == "refused by tester"
+    time.sleep(0.2)
+    assert not [m for m in frames if m.arbitration_id in (0x7E0, 0x7DF)]
+    good = flash(world, "ecm", make_image(ecm), trust_anchors=world.spec.trust_anchor_keys())
+    assert good.ok, good.failure

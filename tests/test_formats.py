@@ -79,6 +79,7 @@ def test_tampered_payload_header_and_foreign_key_are_refused():
         (b"", "shorter than"),
         (b"XXXX" + bytes(200), "bad magic"),
         (b"HSWI\x02" + bytes(200), "format version 2"),
+        (b"HSWI\x01\x01" + bytes(200), "reserved byte"),
     ],
 )
 def test_malformed_images(data, message):

@@ -68,6 +68,7 @@ def test_kill_at_random_moments_never_leaves_a_torn_record(tmp_path):
         time.sleep(rng.uniform(0.01, 0.15))
         process.send_signal(signal.SIGKILL)
         process.wait(10)
+        process.stdout.close()
         record = Nvm(tmp_path).load()
         assert record is not None
         assert record.banks[0].version == str(record.boot_count)

@@ -41,7 +41,8 @@ class EcuProcess:
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         self.wait_for_line("serving", 30)
 
     def _read(self) -> None:
@@ -61,13 +62,21 @@ class EcuProcess:
             if text in line:
                 return
 
+    def _close(self) -> None:
+        self._reader.join(10)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
+        self._close()
 
     def terminate(self) -> int:
         self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(10)
+        code = self.process.wait(10)
+        self._close()
+        return code
 
 
 @pytest.fixture

@@ -240,7 +240,7 @@ def test_boot_attempts_count_across_power_cuts(ecu, monkeypatch):
 
 
 def test_corrupt_active_bank_boots_the_other_valid_bank(ecu):
-    assert ecu.program(make_image(ecu.spec, "2.0.0", 7)) == "7101ff0100"
+    assert ecu.program(make_image(ecu.spec, "2.0.0", 1)) == "7101ff0100"
     ecu.reset()
     bank_b = ecu.directory / "bank_b.bin"
     data = bytearray(bank_b.read_bytes())
@@ -250,6 +250,87 @@ def test_corrupt_active_bank_boots_the_other_valid_bank(ecu):
     rec = ecu.server.boot.record
     assert rec.active_bank == 0 and rec.last_boot_result == BootResult.ACTIVE_INVALID
     assert DTC_IMAGE_INVALID in rec.dtcs
+    assert ecu.one("22f189").startswith("62f189" + b"1.0.0".hex())
+
+
+def test_fallback_to_an_older_bank_obeys_anti_rollback(ecu):
+    assert ecu.program(make_image(ecu.spec, "2.0.0", 7)) == "7101ff0100"
+    ecu.reset()
+    bank_b = ecu.directory / "bank_b.bin"
+    bank_b.write_bytes(bank_b.read_bytes()[:-1] + b"\x00")
+    ecu.power_cycle()
+    assert ecu.server.last_boot.result == BootResult.NO_VALID_IMAGE
+    assert not ecu.server.app_valid
+    assert ecu.server.boot.record.anti_rollback_counter == 7
+
+
+def test_s3_restarts_when_a_long_operation_ends(ecu):
+    ecu.faults.slow_erase(8.0, pending_interval_s=2.0)
+    ecu.one("1003")
+    ecu.one("1002")
+    ecu.unlock(0x11)
+    assert ecu.send("3101ff00 44 00010000 00001000") == ["7f3178"]
+    for _ in range(4):
+        ecu.clock.advance(2.0)
+        ecu.poll()
+    assert ecu.server.session == 0x02
+    ecu.clock.advance(4.9)
+    assert ecu.poll() == []
+    assert ecu.server.session == 0x02 and ecu.server.unlocked(0x11)
+    ecu.clock.advance(0.2)
+    ecu.poll()
+    assert ecu.server.session == 0x01
+
+
+def test_functional_request_while_busy_gets_busy_repeat(ecu):
+    ecu.one("1003")
+    ecu.one("1002")
+    ecu.unlock(0x11)
+    assert ecu.send("3101ff00 44 00010000 00001000") == ["7f3178"]
+    replies = [o.payload.hex() for o in ecu.server.handle(bytes.fromhex("22f186"), functional=True)]
+    assert replies == ["7f2221"]
+    assert [o.payload.hex() for o in ecu.server.handle(b"\x3e\x80", functional=True)] == []
+
+
+def test_nvm_failures_give_general_programming_failure(ecu, monkeypatch):
+    from ecu_sim.errors import NvmError
+    from ecu_sim.nvm import Nvm as NvmClass
+
+    image = make_image(ecu.spec, "2.0.0", 7)
+    ecu.one("1003")
+    ecu.one("1002")
+    ecu.unlock(0x11)
+
+    def broken(self, bank):
+        raise NvmError("flash erase failed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(NvmClass, "erase_bank", broken)
+        assert ecu.send("3101ff00 44 00010000 00001000") == ["7f3172"]
+    assert ecu.program(image) == "7101ff0100"
+    assert ecu.server.boot.record.pending_bank == 1
+
+
+def test_failed_record_write_leaves_memory_as_stored(ecu, monkeypatch):
+    from ecu_sim.errors import NvmError
+    from ecu_sim.nvm import Nvm as NvmClass
+
+    image = make_image(ecu.spec, "2.0.0", 7)
+    original = NvmClass.save
+    calls = []
+
+    def failing_once(self, record):
+        if record.pending_bank is not None and not calls:
+            calls.append(1)
+            raise NvmError("disk full")
+        original(self, record)
+
+    monkeypatch.setattr(NvmClass, "save", failing_once)
+    assert ecu.program(image) == "7f3172"
+    assert ecu.server.boot.record.pending_bank is None
+    assert ecu.server.boot.record.banks[1].state == "erased"
+    ecu.one("1101")
+    ecu.clock.advance(1.0)
     assert ecu.one("22f189").startswith("62f189" + b"1.0.0".hex())
 
 

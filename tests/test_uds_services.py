@@ -302,6 +302,8 @@ def test_full_download_sequence_and_transfer_details(world):
     assert t.ask("37") == "7f3724"
     assert t.ask("3602" + image[2000:].hex() + "00") == "7f3631"
     assert t.ask("3602" + image[2000:].hex()) == "7602"
+    # Every byte is in: another block is out of sequence.
+    assert t.ask("3603" + "00" * 4) == "7f3624"
     assert t.ask("37") == "77"
     assert t.ask("3101ff01") == "7f3124"
     assert t.ask("31010202" + "00000000") == "7101020201"

@@ -28,7 +28,7 @@ from typing import ClassVar
 from udsoncan import Request, Response
 from udsoncan.BaseService import BaseService
 
-from ecu_sim.errors import EcuSimError
+from ecu_sim.errors import EcuSimError, NvmError
 from ecu_sim.faults import FaultInjector
 from ecu_sim.flash import Bootloader, BootReport
 from ecu_sim.nvm import Nvm
@@ -336,8 +336,7 @@ class UdsServer:
         sid = payload[0]
         self.vars.last_request_at = now
         if self._operation is not None and sid != TESTER_PRESENT_SID:
-            if functional:
-                return []
+            # 0x21 is not among the NRCs suppressed for functional requests.
             return [Outgoing(_negative(sid, BUSY_REPEAT_REQUEST), now)]
         forced = self.faults.take_nrc(sid)
         suppress = False
@@ -355,6 +354,12 @@ class UdsServer:
             if functional and nrc.code in FUNCTIONALLY_SUPPRESSED:
                 return []
             return self._emit(sid, _negative(sid, nrc.code), now)
+        except NvmError:
+            log.exception("ECU %s: NVM failure serving %s", self.spec.name, payload[:8].hex())
+            self._after_request(now)
+            if not self.powered:
+                return []
+            return self._emit(sid, _negative(sid, Nrc.GENERAL_PROGRAMMING_FAILURE), now)
         except Exception:
             log.exception("ECU %s: request %s failed", self.spec.name, payload[:8].hex())
             self._after_request(now)
@@ -465,13 +470,18 @@ class UdsServer:
         return out
 
     def _finish(self, op: _Operation, now: float) -> list[Outgoing]:
+        # S3 restarts when the final response goes out, not when the request came in.
+        self.vars.last_request_at = now
         try:
             data = op.complete()
         except NegativeResponse as nrc:
             payload = _negative(op.sid, nrc.code)
-            if op.functional and nrc.code in FUNCTIONALLY_SUPPRESSED:
+            if op.functional and nrc.code in FUNCTIONALLY_SUPPRESSED and not op.pending_sent:
                 self._after_request(now)
                 return []
+        except NvmError:
+            log.exception("ECU %s: NVM failure in service 0x%02X", self.spec.name, op.sid)
+            payload = _negative(op.sid, Nrc.GENERAL_PROGRAMMING_FAILURE)
         except Exception:
             log.exception("ECU %s: operation of service 0x%02X failed", self.spec.name, op.sid)
             payload = _negative(op.sid, Nrc.GENERAL_REJECT)

@@ -37,6 +37,12 @@ def add_subparser(subparsers: Any) -> None:
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar (also off when not a TTY)"
     )
+    parser.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="send the image even if it does not verify against the vehicle's trust anchors "
+        "(to test the ECU's own refusal)",
+    )
     add_vehicle_option(parser)
     add_sim_options(parser)
     add_bus_options(parser)
@@ -105,6 +111,11 @@ def run_flash(args: argparse.Namespace) -> int:
         tester_bus(args, vehicle) as tester,
         DiagChannel(tester.bus, tester.notifier, vehicle, ecu) as channel,
     ):
-        result = flash_with_progress(Flasher(channel), image, console, show)
+        flasher = Flasher(
+            channel,
+            trust_anchors=None if args.no_verify else vehicle.trust_anchor_keys(),
+            check_compatibility=not args.no_verify,
+        )
+        result = flash_with_progress(flasher, image, console, show)
     print_result(result, console)
     return 0 if result.ok else 1
