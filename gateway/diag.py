@@ -127,6 +127,18 @@ def describe_failure(exc: BaseException) -> DiagnosticError:
     return DiagnosticError(f"{type(exc).__name__}: {exc}")
 
 
+class FunctionalRefused(DiagnosticError):
+    """The target ECU answered a functional request with a negative response."""
+
+    def __init__(self, ecu: str, sid: int, code: int) -> None:
+        super().__init__(
+            f"{ecu} answered the functional request 0x{sid:02X} with negative response "
+            f"0x{code:02X} ({nrc_name(code)})",
+            nrc=code,
+        )
+        self.sid = sid
+
+
 class _NoReception:
     """rxfn of a send-only ISO-TP layer: functional requests get no reply on their own id."""
 
@@ -240,30 +252,30 @@ class DiagChannel:
         except Exception as exc:
             raise describe_failure(exc) from exc
 
-    def functional(self, action: Callable[[Client], Any], *, listen_s: float = 0.0) -> None:
-        """Send a request to every ECU (functional address) with the positive reply suppressed.
+    def functional(self, *actions: Callable[[Client], Any], listen_s: float = 0.0) -> None:
+        """Send requests to every ECU (functional address) with the positive reply suppressed.
 
-        With ``listen_s``, wait that long for a negative response of the target ECU (on its
-        physical response id) and raise it. Only the thread that owns the physical requests may
-        listen, or it would take their replies.
+        With ``listen_s``, wait that long after the last one for a negative response of the
+        target ECU (on its physical response id) and raise it, as a :class:`FunctionalRefused`.
+        Only the thread that owns the physical requests may listen, or it would take their
+        replies.
         """
         with self._functional_lock:
             try:
                 if listen_s > 0:
                     self._connection.empty_rxqueue()
                 with self._functional_client.suppress_positive_response:
-                    action(self._functional_client)
+                    for action in actions:
+                        action(self._functional_client)
             except Exception as exc:
                 raise describe_failure(exc) from exc
-        if listen_s > 0:
-            reply = self._connection.wait_frame(timeout=listen_s, exception=False)
+        if listen_s <= 0:
+            return
+        deadline = time.monotonic() + listen_s
+        while (left := deadline - time.monotonic()) > 0:
+            reply = self._connection.wait_frame(timeout=left, exception=False)
             if reply is not None and len(reply) >= 3 and reply[0] == 0x7F:
-                code = reply[2]
-                raise DiagnosticError(
-                    f"{self.ecu.name} answered the functional request 0x{reply[1]:02X} with "
-                    f"negative response 0x{code:02X} ({nrc_name(code)})",
-                    nrc=code,
-                )
+                raise FunctionalRefused(self.ecu.name, reply[1], reply[2])
 
     def raw(self, payload: bytes, timeout_s: float) -> bytes | None:
         """Send raw bytes physically; return the first reply, or ``None`` after ``timeout_s``."""

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from udsoncan import MemoryLocation, services
 from udsoncan.client import Client
 
-from gateway.diag import DiagChannel, nrc_name
+from gateway.diag import DiagChannel, FunctionalRefused, nrc_name
 from gateway.errors import DiagnosticError
 from ota_formats import ImageFormatError, OtaFormatError, parse_image
 from ota_formats.uds import (
@@ -189,7 +189,7 @@ class Flasher:
         tester_serial: bytes = b"HILTESTER1",
         check_compatibility: bool = True,
         trust_anchors: Sequence[Ed25519PublicKey] | None = None,
-        functional_listen_s: float = 0.05,
+        functional_listen_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         today: Callable[[], datetime.date] = datetime.date.today,
@@ -308,17 +308,25 @@ class Flasher:
             )
 
         self._step(result, FlashStep.DISABLE_DTC_SETTING, total)
-        self._functional(
-            FlashStep.DISABLE_DTC_SETTING,
-            lambda c: c.control_dtc_setting(services.ControlDTCSetting.SettingType.off),
-        )
-        self._step(result, FlashStep.DISABLE_COMMUNICATION, total)
-        self._functional(
-            FlashStep.DISABLE_COMMUNICATION,
-            lambda c: c.communication_control(
-                services.CommunicationControl.ControlType.disableRxAndTx, 0x01
-            ),
-        )
+        self._report(FlashStep.DISABLE_COMMUNICATION, self._sent, total)
+        # Both go out back to back; one P2 window then catches a refusal of either.
+        try:
+            self.channel.functional(
+                lambda c: c.control_dtc_setting(services.ControlDTCSetting.SettingType.off),
+                lambda c: c.communication_control(
+                    services.CommunicationControl.ControlType.disableRxAndTx, 0x01
+                ),
+                listen_s=self._listen_s(),
+            )
+        except FunctionalRefused as exc:
+            step = (
+                FlashStep.DISABLE_DTC_SETTING
+                if exc.sid == 0x85
+                else FlashStep.DISABLE_COMMUNICATION
+            )
+            raise self._failure(step, exc) from exc
+        except DiagnosticError as exc:
+            raise self._failure(FlashStep.DISABLE_DTC_SETTING, exc) from exc
 
         self._step(result, FlashStep.PROGRAMMING_SESSION, total)
         self._call(FlashStep.PROGRAMMING_SESSION, lambda c: c.change_session(Session.PROGRAMMING))
@@ -514,9 +522,15 @@ class Flasher:
 
     def _functional(self, step: FlashStep, action: Callable[..., object]) -> None:
         try:
-            self.channel.functional(action, listen_s=self.functional_listen_s)
+            self.channel.functional(action)
         except DiagnosticError as exc:
             raise self._failure(step, exc) from exc
+
+    def _listen_s(self) -> float:
+        """How long to wait for a refusal of a functional request: the target's P2."""
+        if self.functional_listen_s is not None:
+            return self.functional_listen_s
+        return self.channel.ecu.timing.p2_ms / 1000
 
     def _routine(self, step: FlashStep, routine: int, record: bytes = b"") -> int:
         reply = self._call(step, lambda c: c.start_routine(routine, data=record))
