@@ -107,7 +107,8 @@ class Bootloader:
         self._erased: tuple[int, int] | None = None
         self._download: _Download | None = None
         self._transferred: tuple[int, int] | None = None
-        self._memory_ok = False
+        # The bank's bytes as the memory check read them, when it passed: 0xFF01 verifies those.
+        self._checked: bytes | None = None
 
     # -- state --------------------------------------------------------------------
 
@@ -170,8 +171,11 @@ class Bootloader:
 
     def record_dtc(self, code: int, status: int = DTC_STATUS_RECORDED) -> None:
         """Store a DTC with its status bits and persist it."""
-        self.record.dtcs[code] = self.record.dtcs.get(code, 0) | status
+        self._mark_dtc(code, status)
         self.save()
+
+    def _mark_dtc(self, code: int, status: int = DTC_STATUS_RECORDED) -> None:
+        self.record.dtcs[code] = self.record.dtcs.get(code, 0) | status
 
     # -- boot -----------------------------------------------------------------------
 
@@ -188,6 +192,7 @@ class Bootloader:
         rec.dtcs = {code: status & ~0x02 for code, status in rec.dtcs.items()}
         attempts = 0
         result = BootResult.OK
+        verified: int | None = None
         if rec.pending_bank is not None:
             bank = rec.pending_bank
             if not self._intact(bank):
@@ -202,7 +207,7 @@ class Bootloader:
                     self.save()
                     if not self.faults.take_boot_failure():
                         info = rec.banks[bank]
-                        rec.active_bank = bank
+                        rec.active_bank = verified = bank
                         rec.pending_bank = None
                         rec.boot_attempts = 0
                         rec.anti_rollback_counter = max(
@@ -214,13 +219,14 @@ class Bootloader:
                         rec.banks[bank].state = "rejected"
                         rec.pending_bank = None
                         rec.boot_attempts = 0
-                        rec.dtcs[DTC_BOOT_REVERTED] = (
-                            rec.dtcs.get(DTC_BOOT_REVERTED, 0) | DTC_STATUS_RECORDED
-                        )
+                        self._mark_dtc(DTC_BOOT_REVERTED)
                         result = BootResult.REVERTED
                         self.faults.boot_concluded()
                         break
-        app_valid = rec.active_bank is not None and self._intact(rec.active_bank)
+        # The bank just committed was hashed a moment ago; only another one needs it now.
+        app_valid = rec.active_bank is not None and (
+            rec.active_bank == verified or self._intact(rec.active_bank)
+        )
         if not app_valid:
             if rec.active_bank is not None:
                 rec.banks[rec.active_bank].state = "invalid"
@@ -236,9 +242,7 @@ class Bootloader:
                 rec.active_bank = other[0]
                 app_valid = True
                 result = BootResult.ACTIVE_INVALID
-                rec.dtcs[DTC_IMAGE_INVALID] = (
-                    rec.dtcs.get(DTC_IMAGE_INVALID, 0) | DTC_STATUS_RECORDED
-                )
+                self._mark_dtc(DTC_IMAGE_INVALID)
             else:
                 result = BootResult.NO_VALID_IMAGE
         rec.last_boot_result = result
@@ -254,7 +258,7 @@ class Bootloader:
         self._download = None
         self._erased = None
         self._transferred = None
-        self._memory_ok = False
+        self._checked = None
 
     def _check_range(self, address: int, size: int) -> None:
         if address != APP_ADDRESS:
@@ -288,7 +292,7 @@ class Bootloader:
             raise NotAccepted("the application area is not erased for this size")
         bank = self._erased[0]
         self._transferred = None
-        self._memory_ok = False
+        self._checked = None
         self._download = _Download(bank=bank, size=size, writer=self.nvm.open_bank(bank))
 
     def check_block(self, counter: int, size: int) -> bool:
@@ -350,16 +354,17 @@ class Bootloader:
         if self._transferred is None:
             raise SequenceError("nothing has been downloaded")
         bank, size = self._transferred
-        actual = zlib.crc32(self.nvm.read_bank(bank, size)) & 0xFFFFFFFF
-        self._memory_ok = actual == expected_crc
-        return CheckMemoryStatus.CORRECT if self._memory_ok else CheckMemoryStatus.INCORRECT
+        data = self.nvm.read_bank(bank, size)
+        correct = zlib.crc32(data) & 0xFFFFFFFF == expected_crc
+        self._checked = data if correct else None
+        return CheckMemoryStatus.CORRECT if correct else CheckMemoryStatus.INCORRECT
 
     def check_dependencies(self) -> DependencyStatus:
         """Verify the downloaded image; if accepted, record it as valid and pending."""
-        if self._transferred is None or not self._memory_ok:
+        if self._transferred is None or self._checked is None:
             raise SequenceError("the memory check has not passed")
         bank, size = self._transferred
-        data = self.nvm.read_bank(bank, size)
+        data = self._checked
         try:
             image = parse_image(data)
             image.check_integrity()
@@ -385,5 +390,5 @@ class Bootloader:
         self.record.boot_attempts = 0
         self.save()
         self._transferred = None
-        self._memory_ok = False
+        self._checked = None
         return DependencyStatus.ACCEPTED

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import queue
+import signal
+import subprocess
+import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -131,3 +136,51 @@ def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01) -> bool:
 class Unlocked:
     tester: RawTester
     secret: bytes
+
+
+class HilEcuRun:
+    """``hil ecu run ARGS`` in a child process, started and serving (output merged, kept)."""
+
+    def __init__(self, *args: str, timeout: float = 30) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "hil", "ecu", "run", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.output: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.wait_for_line("serving", timeout)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.output)
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
+            self.lines.put(line)
+
+    def wait_for_line(self, text: str, timeout: float) -> None:
+        while True:
+            try:
+                line = self.lines.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"no {text!r} from hil ecu run: {self.text}") from None
+            if text in line:
+                return
+
+    def stop(self, signum: int) -> int:
+        """Send ``signum``; return the exit status once the output is all read."""
+        self.process.send_signal(signum)
+        code = self.process.wait(20)
+        self._reader.join(10)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from helpers import make_image
+from helpers import HilEcuRun, make_image
 
 from hil.cli import main
 
@@ -189,40 +188,20 @@ def test_fault_needs_sim(capsys):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ecu_run_stops_cleanly_on_signals(tmp_path, signum):
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hil",
-            "ecu",
-            "run",
-            "--state-dir",
-            str(tmp_path),
-            "-i",
-            "virtual",
-            "-c",
-            "cli-signal-test",
-            "--fault",
-            "bms:fail-boot",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    ecus = HilEcuRun(
+        "--state-dir",
+        str(tmp_path),
+        "-i",
+        "virtual",
+        "-c",
+        "cli-signal-test",
+        "--fault",
+        "bms:fail-boot",
     )
-    lines = []
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        lines.append(line)
-        if "serving" in line or not line:
-            break
-    assert any("serving" in line for line in lines), lines
-    assert any("fault armed: bms:fail-boot" in line for line in lines)
-    process.send_signal(signum)
-    out, err = process.communicate(timeout=20)
-    assert process.returncode == 0, err
-    assert "stopped" in out
-    assert "Traceback" not in err
+    assert "fault armed: bms:fail-boot" in ecus.text
+    assert ecus.stop(signum) == 0, ecus.text
+    assert "stopped" in ecus.text
+    assert "Traceback" not in ecus.text
     assert (tmp_path / "ecm" / "nvm.json").exists()
 
 

@@ -9,10 +9,7 @@ a valid image (the old one, or the new one once it was accepted).
 from __future__ import annotations
 
 import hashlib
-import queue
 import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +17,7 @@ from pathlib import Path
 import can
 import pytest
 from can_remote import RemoteServer
-from helpers import make_image, wait_for
+from helpers import HilEcuRun, make_image, wait_for
 
 from ecu_sim.nvm import Nvm
 from gateway import DiagChannel, Flasher, FlashProgress, FlashStep
@@ -28,55 +25,12 @@ from gateway import DiagChannel, Flasher, FlashProgress, FlashStep
 pytestmark = pytest.mark.timeout(300)
 
 
-class EcuProcess:
+def ecu_process(url: str, state_dir: Path, *faults: str) -> HilEcuRun:
     """``hil ecu run`` for the ECM in a child process, on the remote bus."""
-
-    def __init__(self, url: str, state_dir: Path, *faults: str) -> None:
-        command = [sys.executable, "-m", "hil", "ecu", "run", "--state-dir", str(state_dir)]
-        command += ["--ecu", "ecm", "-i", "remote", "-c", url]
-        for fault in faults:
-            command += ["--fault", fault]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.output: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.wait_for_line("serving", 30)
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.output.append(line)
-            self.lines.put(line)
-
-    def wait_for_line(self, text: str, timeout: float) -> None:
-        while True:
-            try:
-                line = self.lines.get(timeout=timeout)
-            except queue.Empty:
-                raise AssertionError(
-                    f"no {text!r} from hil ecu run: {''.join(self.output)}"
-                ) from None
-            if text in line:
-                return
-
-    def _close(self) -> None:
-        self._reader.join(10)
-        assert self.process.stdout is not None
-        self.process.stdout.close()
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-        self._close()
-
-    def terminate(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(10)
-        self._close()
-        return code
+    args = ["--state-dir", str(state_dir), "--ecu", "ecm", "-i", "remote", "-c", url]
+    for fault in faults:
+        args += ["--fault", fault]
+    return HilEcuRun(*args)
 
 
 @pytest.fixture
@@ -133,7 +87,7 @@ def test_process_kill_in_each_phase(
 ):
     state_dir = tmp_path / "state"
     bus, notifier = tester
-    ecu = EcuProcess(remote, state_dir, *faults)
+    ecu = ecu_process(remote, state_dir, *faults)
     killed = threading.Event()
     image = make_image(demo.ecu("ecm"), "2.0.0", 2, size=12 * 1024)
 
@@ -154,7 +108,7 @@ def test_process_kill_in_each_phase(
         version = assert_boots_a_valid_image(state_dir)
         assert version in allowed | {"1.0.0"}
         # Power comes back: a new process boots from the same NVM and answers.
-        ecu = EcuProcess(remote, state_dir)
+        ecu = ecu_process(remote, state_dir)
         with DiagChannel(bus, notifier, demo, demo.ecu("ecm")) as channel:
             running, _hw, status = Flasher(channel).read_identity()
         assert running in allowed
@@ -166,4 +120,4 @@ def test_process_kill_in_each_phase(
         assert again.ok, again.failure
     finally:
         if ecu.process.poll() is None:
-            assert ecu.terminate() == 0
+            assert ecu.stop(signal.SIGTERM) == 0

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 
 import can
 import pytest
-from helpers import make_image
+from helpers import HilEcuRun, make_image
 
 from gateway import DiagChannel, Flasher
 
@@ -22,26 +20,8 @@ VCAN = os.environ.get("HIL_VCAN", "vcan0")
 
 
 def test_flash_over_vcan(tmp_path, demo):
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hil",
-            "ecu",
-            "run",
-            "--state-dir",
-            str(tmp_path),
-            "-i",
-            "socketcan",
-            "-c",
-            VCAN,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    ecus = HilEcuRun("--state-dir", str(tmp_path), "-i", "socketcan", "-c", VCAN)
     try:
-        while "serving" not in (line := process.stdout.readline()):
-            assert line, "hil ecu run ended before serving"
         bus = can.Bus(interface="socketcan", channel=VCAN)
         notifier = can.Notifier(bus, [], timeout=0.05)
         try:
@@ -53,5 +33,4 @@ def test_flash_over_vcan(tmp_path, demo):
             notifier.stop()
             bus.shutdown()
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(20) == 0
+        assert ecus.stop(signal.SIGTERM) == 0, ecus.text

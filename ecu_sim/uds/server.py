@@ -33,7 +33,13 @@ from ecu_sim.faults import FaultInjector
 from ecu_sim.flash import Bootloader, BootReport
 from ecu_sim.nvm import Nvm
 from ecu_sim.state import Ignition, VehicleState
-from ota_formats.uds import DTC_STATUS_RECORDED, PreconditionFlags, Session
+from ota_formats.uds import (
+    DTC_BOOT_REVERTED,
+    DTC_IMAGE_INVALID,
+    DTC_STATUS_RECORDED,
+    PreconditionFlags,
+    Session,
+)
 from ota_formats.vehicle import EcuSpec, VehicleSpec
 
 log = logging.getLogger(__name__)
@@ -321,8 +327,6 @@ class UdsServer:
 
     def supported_dtcs(self) -> list[int]:
         """DTC numbers this ECU knows: its own and the bootloader's."""
-        from ota_formats.uds import DTC_BOOT_REVERTED, DTC_IMAGE_INVALID
-
         codes = {d.code for d in self.spec.dtcs} | {DTC_BOOT_REVERTED, DTC_IMAGE_INVALID}
         return sorted(codes | set(self.boot.record.dtcs))
 
@@ -354,18 +358,13 @@ class UdsServer:
             if functional and nrc.code in FUNCTIONALLY_SUPPRESSED:
                 return []
             return self._emit(sid, _negative(sid, nrc.code), now)
-        except NvmError:
-            log.exception("ECU %s: NVM failure serving %s", self.spec.name, payload[:8].hex())
-            self._after_request(now)
-            if not self.powered:
-                return []
-            return self._emit(sid, _negative(sid, Nrc.GENERAL_PROGRAMMING_FAILURE), now)
-        except Exception:
+        except Exception as exc:
+            # An ECU answers rather than dies: 0x72 for its flash/NVM, 0x10 for anything else.
             log.exception("ECU %s: request %s failed", self.spec.name, payload[:8].hex())
             self._after_request(now)
             if not self.powered:
                 return []
-            return self._emit(sid, _negative(sid, Nrc.GENERAL_REJECT), now)
+            return self._emit(sid, _negative(sid, _internal_failure(exc)), now)
         if isinstance(result, Pending):
             return self._start_operation(service, sid, result, suppress, functional, now)
         out = [] if suppress else self._emit(sid, _positive(service, result), now)
@@ -479,12 +478,9 @@ class UdsServer:
             if op.functional and nrc.code in FUNCTIONALLY_SUPPRESSED and not op.pending_sent:
                 self._after_request(now)
                 return []
-        except NvmError:
-            log.exception("ECU %s: NVM failure in service 0x%02X", self.spec.name, op.sid)
-            payload = _negative(op.sid, Nrc.GENERAL_PROGRAMMING_FAILURE)
-        except Exception:
+        except Exception as exc:
             log.exception("ECU %s: operation of service 0x%02X failed", self.spec.name, op.sid)
-            payload = _negative(op.sid, Nrc.GENERAL_REJECT)
+            payload = _negative(op.sid, _internal_failure(exc))
         else:
             if op.suppress and not op.pending_sent:
                 self._after_request(now)
@@ -515,6 +511,11 @@ class UdsServer:
         """Lose power now (fault injection)."""
         self.power_cuts += 1
         self.power_off(restore_after_s)
+
+
+def _internal_failure(exc: Exception) -> int:
+    """Return the NRC for an unexpected failure inside the ECU."""
+    return Nrc.GENERAL_PROGRAMMING_FAILURE if isinstance(exc, NvmError) else Nrc.GENERAL_REJECT
 
 
 def _positive(service: type[BaseService], data: bytes) -> bytes:
