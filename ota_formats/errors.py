@@ -23,3 +23,7 @@ class KeyFileError(OtaFormatError, ValueError):
 
 class VehicleFileError(OtaFormatError, ValueError):
     """A vehicle description file is missing, unreadable or invalid."""
+
+
+class ReleaseFormatError(OtaFormatError, ValueError):
+    """Release metadata is not a well-formed manifest."""

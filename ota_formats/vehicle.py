@@ -30,6 +30,13 @@ from ota_formats.errors import KeyFileError, VehicleFileError
 from ota_formats.signing import public_key_from_hex
 
 _VIN = re.compile(r"^[A-HJ-NPR-Z0-9]{17}$")
+
+
+def is_valid_vin(text: str) -> bool:
+    """Whether ``text`` is a well-formed VIN: 17 characters of 0-9 and A-Z without I, O, Q."""
+    return bool(_VIN.match(text))
+
+
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,15}$")
 _FD_LENGTHS = (8, 12, 16, 20, 24, 32, 48, 64)
 

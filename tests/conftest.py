@@ -159,3 +159,52 @@ def make_world(channel: str, tmp_path: Path) -> Iterator[Callable[..., World]]:
 def world(make_world: Callable[..., World], demo: VehicleSpec) -> World:
     """The demo vehicle with a tester, on a virtual bus."""
     return make_world(demo)
+
+
+# ---------------------------------------------------------------- backend stores
+PG_ENV = "HIL_TEST_POSTGRES_URL"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search path is a fresh schema of this test's own."""
+    url = os.environ.get(PG_ENV)
+    if not url:
+        pytest.skip(f"{PG_ENV} is not set: no PostgreSQL server to test against")
+    import uuid
+
+    import sqlalchemy as sa
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    joiner = "&" if "?" in url else "?"
+    try:
+        yield f"{url}{joiner}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Each store implementation in turn."""
+    return str(request.param)
+
+
+@pytest.fixture
+def store(store_kind: str, tmp_path: Path, request: pytest.FixtureRequest):
+    """A fresh, empty store of each kind (PostgreSQL where its URL is given)."""
+    from backend_stub.store import MemoryStore
+    from backend_stub.store.sql import SqlStore, sqlite_url
+
+    if store_kind == "memory":
+        made = MemoryStore()
+    elif store_kind == "sqlite":
+        made = SqlStore(sqlite_url(tmp_path))
+    else:
+        made = SqlStore(request.getfixturevalue("pg_url"))
+    yield made
+    made.close()

@@ -17,13 +17,13 @@ import can
 from ecu_sim.errors import EcuSimError
 from gateway.errors import GatewayError
 from hil import __version__
-from hil.cli import demo, diag, ecu, flash, image
+from hil.cli import demo, diag, ecu, flash, image, pki
 from hil.errors import HilError
 from ota_formats.errors import OtaFormatError
 
 EXIT_USAGE = 2
 
-SUBCOMMANDS = (demo, ecu, flash, image, diag)
+SUBCOMMANDS = (demo, ecu, flash, image, diag, pki)
 
 
 class _Parser(argparse.ArgumentParser):

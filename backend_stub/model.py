@@ -1,0 +1,367 @@
+"""The backend's domain objects: plain dataclasses, no gRPC and no SQL.
+
+Ids are strings with a kind prefix (``cmp-12``, ``rel-3``, ``dep-40``) over
+integer keys that the store allocates, so that runs in virtual time with the
+same seed give the same ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from backend_stub.errors import InvalidArgument, NotFound
+
+
+class ActionState(StrEnum):
+    """State of one vehicle's update action in a campaign."""
+
+    SCHEDULED = "scheduled"
+    PENDING = "pending"
+    NOTIFIED = "notified"
+    DOWNLOADING = "downloading"
+    INSTALLING = "installing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    CANCELED = "canceled"
+
+
+TERMINAL_ACTION_STATES = frozenset(
+    {ActionState.SUCCEEDED, ActionState.FAILED, ActionState.ROLLED_BACK, ActionState.CANCELED}
+)
+FAILURE_STATES = frozenset({ActionState.FAILED, ActionState.ROLLED_BACK})
+# States in which the vehicle owns the action (it has been told about it).
+ACTIVE_ACTION_STATES = frozenset(
+    {ActionState.NOTIFIED, ActionState.DOWNLOADING, ActionState.INSTALLING}
+)
+# What a vehicle may report.
+REPORTABLE_STATES = frozenset(
+    {
+        ActionState.DOWNLOADING,
+        ActionState.INSTALLING,
+        ActionState.SUCCEEDED,
+        ActionState.FAILED,
+        ActionState.ROLLED_BACK,
+    }
+)
+
+# Every legal change of an action's state. A report that repeats the current
+# non-terminal state is progress, not a transition.
+ACTION_TRANSITIONS: dict[ActionState, frozenset[ActionState]] = {
+    ActionState.SCHEDULED: frozenset({ActionState.PENDING, ActionState.CANCELED}),
+    ActionState.PENDING: frozenset({ActionState.NOTIFIED, ActionState.CANCELED}),
+    ActionState.NOTIFIED: frozenset(
+        {
+            ActionState.DOWNLOADING,
+            ActionState.INSTALLING,
+            ActionState.SUCCEEDED,
+            ActionState.FAILED,
+            ActionState.ROLLED_BACK,
+            ActionState.CANCELED,
+        }
+    ),
+    ActionState.DOWNLOADING: frozenset(
+        {
+            ActionState.INSTALLING,
+            ActionState.SUCCEEDED,
+            ActionState.FAILED,
+            ActionState.ROLLED_BACK,
+            ActionState.CANCELED,
+        }
+    ),
+    # An installation in progress cannot be canceled from the cloud: the vehicle finishes it.
+    ActionState.INSTALLING: frozenset(
+        {ActionState.SUCCEEDED, ActionState.FAILED, ActionState.ROLLED_BACK}
+    ),
+    # A failure with retries left goes back to pending.
+    ActionState.FAILED: frozenset({ActionState.PENDING}),
+    ActionState.ROLLED_BACK: frozenset({ActionState.PENDING}),
+    ActionState.SUCCEEDED: frozenset(),
+    ActionState.CANCELED: frozenset(),
+}
+CANCELABLE_STATES = frozenset(
+    s for s, targets in ACTION_TRANSITIONS.items() if ActionState.CANCELED in targets
+)
+
+
+class CampaignState(StrEnum):
+    """State of a campaign."""
+
+    DRAFT = "draft"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+
+
+TERMINAL_CAMPAIGN_STATES = frozenset({CampaignState.COMPLETED, CampaignState.ABORTED})
+CAMPAIGN_TRANSITIONS: dict[CampaignState, frozenset[CampaignState]] = {
+    CampaignState.DRAFT: frozenset({CampaignState.RUNNING, CampaignState.ABORTED}),
+    CampaignState.RUNNING: frozenset(
+        {CampaignState.PAUSED, CampaignState.COMPLETED, CampaignState.ABORTED}
+    ),
+    CampaignState.PAUSED: frozenset({CampaignState.RUNNING, CampaignState.ABORTED}),
+    CampaignState.COMPLETED: frozenset(),
+    CampaignState.ABORTED: frozenset(),
+}
+
+
+def format_id(kind: str, key: int) -> str:
+    """Return the public id of object ``key`` of ``kind`` (``cmp``, ``rel``, ``dep``)."""
+    return f"{kind}-{key}"
+
+
+def parse_id(kind: str, text: str, what: str) -> int:
+    """Return the integer key of a public id; :class:`InvalidArgument` if malformed."""
+    if not text:
+        raise InvalidArgument(f"{what} is required")
+    prefix, _, number = text.partition("-")
+    if prefix != kind or not number.isdigit() or len(number) > 18:
+        raise InvalidArgument(f"{what} {text!r} is not an id of the form {kind}-N")
+    return int(number)
+
+
+def lookup_id(kind: str, text: str, what: str) -> int:
+    """Like :func:`parse_id`, but a malformed id is simply unknown (:class:`NotFound`)."""
+    try:
+        return parse_id(kind, text, what)
+    except InvalidArgument as exc:
+        raise NotFound(str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class EcuInfo:
+    """One ECU of a vehicle as its gateway read it."""
+
+    name: str
+    hardware_id: str = ""
+    part_number: str = ""
+    software_version: str = ""
+    serial_number: str = ""
+    active_bank: int = 0
+    anti_rollback: int = 0
+
+
+@dataclass(frozen=True)
+class VehicleFilter:
+    """Selects vehicles; every field that is set must match."""
+
+    model: str = ""
+    tags: tuple[str, ...] = ()
+    vins: tuple[str, ...] = ()
+    ecu_name: str = ""
+    hardware_id: str = ""
+    software_version: str = ""
+
+    def matches(self, vehicle: Vehicle) -> bool:
+        """Whether ``vehicle`` passes this filter."""
+        if self.model and vehicle.model != self.model:
+            return False
+        if self.vins and vehicle.vin not in self.vins:
+            return False
+        if self.tags and not set(self.tags) <= set(vehicle.tags):
+            return False
+        if self.ecu_name or self.hardware_id or self.software_version:
+            return any(self._ecu_matches(ecu) for ecu in vehicle.ecus)
+        return True
+
+    def _ecu_matches(self, ecu: EcuInfo) -> bool:
+        return (
+            (not self.ecu_name or ecu.name == self.ecu_name)
+            and (not self.hardware_id or ecu.hardware_id == self.hardware_id)
+            and (not self.software_version or ecu.software_version == self.software_version)
+        )
+
+    def check(self) -> VehicleFilter:
+        """Return self, or raise :class:`InvalidArgument` for an inconsistent filter."""
+        if self.software_version and not (self.ecu_name or self.hardware_id):
+            raise InvalidArgument(
+                "filter.software_version needs filter.ecu_name or filter.hardware_id "
+                "(which ECU's version?)"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class Vehicle:
+    """A registered vehicle."""
+
+    vin: str
+    model: str = ""
+    tags: tuple[str, ...] = ()
+    ecus: tuple[EcuInfo, ...] = ()
+    state: str = ""
+    registered_at: float = 0.0
+    last_seen_at: float = 0.0
+    checkins: int = 0
+    telemetry: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A stored signed image, identified by the SHA-256 of its bytes."""
+
+    sha256: str
+    size_bytes: int
+    hardware_id: str
+    version: str
+    anti_rollback: int
+    signing_key_id: str
+    created_at: float
+    filename: str = ""
+
+
+@dataclass(frozen=True)
+class ReleaseImage:
+    """One image of a release."""
+
+    ecu: str
+    sha256: str
+    size_bytes: int
+    hardware_id: str
+    compatible_hardware_ids: tuple[str, ...]
+    version: str
+    anti_rollback: int
+
+
+@dataclass(frozen=True)
+class Release:
+    """A signed set of images, one per ECU, in flashing order."""
+
+    key: int
+    name: str
+    version: str
+    images: tuple[ReleaseImage, ...]
+    metadata: bytes
+    signature: bytes
+    signing_key_id: str
+    created_at: float
+    request_id: str = ""
+
+    @property
+    def release_id(self) -> str:
+        """The public id."""
+        return format_id("rel", self.key)
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """A staged rollout of a release."""
+
+    key: int
+    name: str
+    release_key: int
+    state: CampaignState
+    filter: VehicleFilter
+    wave_sizes: tuple[int, ...]
+    success_threshold_pct: float
+    error_threshold_pct: float
+    max_retries: int
+    action_timeout_s: int
+    target_count: int
+    excluded_count: int
+    created_at: float
+    updated_at: float
+    current_wave: int = 0
+    pause_reason: str = ""
+    # Waves whose failures an operator accepted by resuming.
+    accepted_waves: tuple[int, ...] = ()
+    request_id: str = ""
+
+    @property
+    def campaign_id(self) -> str:
+        """The public id."""
+        return format_id("cmp", self.key)
+
+    @property
+    def release_id(self) -> str:
+        """The public id of the release."""
+        return format_id("rel", self.release_key)
+
+    def with_changes(self, **changes: object) -> Campaign:
+        """Return a copy with ``changes`` applied."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Action:
+    """One vehicle's update action in a campaign (a deployment, as the vehicle sees it)."""
+
+    key: int
+    campaign_key: int
+    vin: str
+    wave: int
+    state: ActionState
+    updated_at: float
+    attempts: int = 0
+    progress_pct: int = 0
+    failure_step: str = ""
+    failure_reason: str = ""
+
+    @property
+    def deployment_id(self) -> str:
+        """The public id (what the vehicle calls a deployment)."""
+        return format_id("dep", self.key)
+
+    @property
+    def campaign_id(self) -> str:
+        """The public id of the campaign."""
+        return format_id("cmp", self.campaign_key)
+
+    def with_changes(self, **changes: object) -> Action:
+        """Return a copy with ``changes`` applied."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class CampaignEvent:
+    """One entry of a campaign's history."""
+
+    key: int
+    campaign_key: int
+    at: float
+    kind: str
+    vin: str = ""
+    action_state: ActionState | None = None
+    campaign_state: CampaignState | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class WaveSpec:
+    """A wave's size: a count of vehicles or a percentage of the targets."""
+
+    count: int | None = None
+    percent: float | None = None
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    """What an operator asks for when creating a campaign."""
+
+    name: str
+    release_id: str
+    filter: VehicleFilter = VehicleFilter()
+    waves: tuple[WaveSpec, ...] = ()
+    success_threshold_pct: float = 95.0
+    error_threshold_pct: float = 10.0
+    max_retries: int = 0
+    action_timeout_s: int = 0
+    force: bool = False
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class DeploymentReport:
+    """A vehicle's report on one of its deployments."""
+
+    vin: str
+    deployment_id: str
+    report_id: str
+    state: ActionState
+    progress_pct: int = 0
+    failure_step: str = ""
+    failure_reason: str = ""
+    ecu_progress: tuple[dict[str, str], ...] = ()
+    inventory: tuple[EcuInfo, ...] = ()

@@ -1,0 +1,364 @@
+"""An in-memory store: the same contract as the SQL store, for virtual-time fleets and tests.
+
+Transactions are serialised by one lock and undone on error with an undo log,
+so a failed request leaves no trace, as in the database. Wave counts are kept
+as running counters so that a campaign over a million vehicles costs O(1) per
+report.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import replace
+from typing import TypeVar
+
+from backend_stub.model import (
+    ACTIVE_ACTION_STATES,
+    Action,
+    ActionState,
+    Artifact,
+    Campaign,
+    CampaignEvent,
+    CampaignState,
+    EcuInfo,
+    Release,
+    Vehicle,
+    VehicleFilter,
+)
+
+T = TypeVar("T")
+
+
+class _MemoryTx:
+    """One transaction over a :class:`MemoryStore`; every change pushes its undo."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._s = store
+        self._undo: list[Callable[[], None]] = []
+
+    def rollback(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+
+    # -- helpers
+    def _set(self, table: dict, key: object, value: object) -> None:  # type: ignore[type-arg]
+        if key in table:
+            old = table[key]
+            self._undo.append(lambda: table.__setitem__(key, old))
+        else:
+            self._undo.append(lambda: table.pop(key, None))
+        table[key] = value
+
+    def _count(self, campaign_key: int, wave: int, state: ActionState, delta: int) -> None:
+        counts = self._s.counts[campaign_key][wave]
+        counts[state] = counts.get(state, 0) + delta
+        self._undo.append(lambda: counts.__setitem__(state, counts[state] - delta))
+
+    def _index_vin(self, action: Action, add: bool) -> None:
+        keys = self._s.by_vin[action.vin]
+        if add:
+            keys.append(action.key)
+            self._undo.append(lambda: keys.remove(action.key))
+        else:
+            keys.remove(action.key)
+            self._undo.append(lambda: keys.append(action.key))
+
+    def _next(self, name: str) -> int:
+        value = self._s.sequences[name] + 1
+        self._set(self._s.sequences, name, value)
+        return value
+
+    # -- vehicles
+    def get_vehicle(self, vin: str) -> Vehicle | None:
+        return self._s.vehicles.get(vin)
+
+    def put_vehicle(self, vehicle: Vehicle) -> None:
+        if vehicle.vin not in self._s.vehicles:
+            position = bisect.bisect_left(self._s.vins, vehicle.vin)
+            self._s.vins.insert(position, vehicle.vin)
+            self._undo.append(lambda: self._s.vins.remove(vehicle.vin))
+        self._set(self._s.vehicles, vehicle.vin, vehicle)
+
+    def touch_vehicle(
+        self, vin: str, *, at: float, state: str | None, ecus: Sequence[EcuInfo] | None
+    ) -> bool:
+        vehicle = self._s.vehicles.get(vin)
+        if vehicle is None:
+            return False
+        changed = replace(
+            vehicle,
+            last_seen_at=at,
+            checkins=vehicle.checkins + 1,
+            state=vehicle.state if state is None else state,
+            ecus=vehicle.ecus if ecus is None else tuple(ecus),
+        )
+        self._set(self._s.vehicles, vin, changed)
+        return True
+
+    def set_telemetry(self, vin: str, values: Mapping[str, float], at: float) -> bool:
+        vehicle = self._s.vehicles.get(vin)
+        if vehicle is None:
+            return False
+        telemetry = {**vehicle.telemetry, **values}
+        self._set(self._s.vehicles, vin, replace(vehicle, telemetry=telemetry))
+        return True
+
+    def find_vehicles(
+        self, flt: VehicleFilter, *, after_vin: str = "", limit: int | None = None
+    ) -> list[Vehicle]:
+        found: list[Vehicle] = []
+        vins = self._s.vins
+        for vin in vins[bisect.bisect_right(vins, after_vin) if after_vin else 0 :]:
+            vehicle = self._s.vehicles[vin]
+            if flt.matches(vehicle):
+                found.append(vehicle)
+                if limit is not None and len(found) >= limit:
+                    break
+        return found
+
+    def count_vehicles(self) -> int:
+        return len(self._s.vehicles)
+
+    # -- artifacts
+    def get_artifact(self, sha256: str) -> Artifact | None:
+        return self._s.artifacts.get(sha256)
+
+    def add_artifact(self, artifact: Artifact) -> bool:
+        if artifact.sha256 in self._s.artifacts:
+            return False
+        self._set(self._s.artifacts, artifact.sha256, artifact)
+        return True
+
+    def list_artifacts(self, *, after: str, limit: int) -> list[Artifact]:
+        keys = sorted(k for k in self._s.artifacts if k > after)[:limit]
+        return [self._s.artifacts[k] for k in keys]
+
+    # -- releases
+    def add_release(self, release: Release) -> Release:
+        stored = replace(release, key=self._next("release"))
+        self._set(self._s.releases, stored.key, stored)
+        return stored
+
+    def get_release(self, key: int) -> Release | None:
+        return self._s.releases.get(key)
+
+    def find_release(self, *, name: str, version: str) -> Release | None:
+        for release in self._s.releases.values():
+            if release.name == name and release.version == version:
+                return release
+        return None
+
+    def release_by_request(self, request_id: str) -> Release | None:
+        for release in self._s.releases.values():
+            if release.request_id == request_id:
+                return release
+        return None
+
+    def list_releases(self, *, after_key: int, limit: int) -> list[Release]:
+        keys = sorted(k for k in self._s.releases if k > after_key)[:limit]
+        return [self._s.releases[k] for k in keys]
+
+    # -- campaigns
+    def add_campaign(self, campaign: Campaign, targets: Sequence[tuple[str, int]]) -> Campaign:
+        stored = replace(campaign, key=self._next("campaign"))
+        self._set(self._s.campaigns, stored.key, stored)
+        if stored.request_id:
+            self._set(self._s.campaign_requests, stored.request_id, stored.key)
+        waves: dict[int, list[int]] = defaultdict(list)
+        for vin, wave in targets:
+            action = Action(
+                key=self._next("action"),
+                campaign_key=stored.key,
+                vin=vin,
+                wave=wave,
+                state=ActionState.SCHEDULED,
+                updated_at=campaign.created_at,
+            )
+            self._set(self._s.actions, action.key, action)
+            waves[wave].append(action.key)
+            self._index_vin(action, add=True)
+        for wave, keys in waves.items():
+            self._set(self._s.by_wave, (stored.key, wave), keys)
+            self._count(stored.key, wave, ActionState.SCHEDULED, len(keys))
+        return stored
+
+    def get_campaign(self, key: int, *, lock: bool = False) -> Campaign | None:
+        return self._s.campaigns.get(key)
+
+    def campaign_by_request(self, request_id: str) -> Campaign | None:
+        key = self._s.campaign_requests.get(request_id)
+        return None if key is None else self._s.campaigns[key]
+
+    def update_campaign(self, campaign: Campaign) -> None:
+        self._set(self._s.campaigns, campaign.key, campaign)
+
+    def list_campaigns(
+        self, *, after_key: int, limit: int, states: Collection[CampaignState] = ()
+    ) -> list[Campaign]:
+        found = [
+            c
+            for k, c in sorted(self._s.campaigns.items())
+            if k > after_key and (not states or c.state in states)
+        ]
+        return found[:limit]
+
+    def count_campaigns(self) -> dict[CampaignState, int]:
+        counts: dict[CampaignState, int] = {}
+        for campaign in self._s.campaigns.values():
+            counts[campaign.state] = counts.get(campaign.state, 0) + 1
+        return counts
+
+    # -- actions
+    def get_action(self, key: int) -> Action | None:
+        return self._s.actions.get(key)
+
+    def update_action(self, action: Action, *, expected: ActionState) -> bool:
+        current = self._s.actions.get(action.key)
+        if current is None or current.state is not expected:
+            return False
+        self._set(self._s.actions, action.key, action)
+        if action.state is not current.state:
+            self._count(action.campaign_key, action.wave, current.state, -1)
+            self._count(action.campaign_key, action.wave, action.state, 1)
+        return True
+
+    def actions_of_vehicle(self, vin: str, states: Collection[ActionState]) -> list[Action]:
+        actions = (self._s.actions[k] for k in sorted(self._s.by_vin.get(vin, ())))
+        return [a for a in actions if a.state in states]
+
+    def move_actions(
+        self,
+        campaign_key: int,
+        *,
+        wave: int | None,
+        states: Collection[ActionState],
+        to: ActionState,
+        at: float,
+    ) -> int:
+        campaign = self._s.campaigns[campaign_key]
+        waves = range(len(campaign.wave_sizes)) if wave is None else (wave,)
+        moved = 0
+        for index in waves:
+            counts = self._s.counts[campaign_key][index]
+            if not any(counts.get(s, 0) for s in states):
+                continue
+            for key in self._s.by_wave.get((campaign_key, index), ()):
+                action = self._s.actions[key]
+                if action.state in states and action.state is not to:
+                    self.update_action(
+                        replace(action, state=to, updated_at=at), expected=action.state
+                    )
+                    moved += 1
+        return moved
+
+    def wave_counts(
+        self, campaign_key: int, wave: int | None = None
+    ) -> dict[int, dict[ActionState, int]]:
+        counts: Mapping[int, dict[ActionState, int]] = self._s.counts.get(campaign_key, {})
+        waves = sorted(counts) if wave is None else [wave]
+        return {w: {s: n for s, n in counts.get(w, {}).items() if n} for w in waves}
+
+    def count_actions(self) -> dict[ActionState, int]:
+        totals: dict[ActionState, int] = {}
+        for waves in self._s.counts.values():
+            for counts in waves.values():
+                for state, number in counts.items():
+                    if number:
+                        totals[state] = totals.get(state, 0) + number
+        return totals
+
+    def list_actions(
+        self,
+        campaign_key: int,
+        *,
+        states: Collection[ActionState] = (),
+        after_key: int = 0,
+        limit: int = 100,
+    ) -> list[Action]:
+        campaign = self._s.campaigns.get(campaign_key)
+        if campaign is None:
+            return []
+        keys = sorted(
+            k
+            for w in range(len(campaign.wave_sizes))
+            for k in self._s.by_wave.get((campaign_key, w), ())
+            if k > after_key
+        )
+        found: list[Action] = []
+        for key in keys:
+            action = self._s.actions[key]
+            if not states or action.state in states:
+                found.append(action)
+                if len(found) >= limit:
+                    break
+        return found
+
+    def stale_actions(
+        self, campaign_key: int, *, updated_before: float, limit: int
+    ) -> list[Action]:
+        found = []
+        for action in self.list_actions(campaign_key, states=ACTIVE_ACTION_STATES, limit=1 << 62):
+            if action.updated_at < updated_before:
+                found.append(action)
+                if len(found) >= limit:
+                    break
+        return found
+
+    # -- events
+    def add_event(self, event: CampaignEvent) -> CampaignEvent:
+        stored = replace(event, key=self._next("event"))
+        events = self._s.events[event.campaign_key]
+        events.append(stored)
+        self._undo.append(lambda: events.remove(stored))
+        return stored
+
+    def events_after(self, campaign_key: int, *, after_key: int, limit: int) -> list[CampaignEvent]:
+        events = self._s.events.get(campaign_key, [])
+        start = bisect.bisect_right(events, after_key, key=lambda e: e.key)
+        return events[start : start + limit]
+
+    # -- idempotency
+    def claim_report(self, report_id: str, *, at: float) -> bool:
+        if report_id in self._s.reports:
+            return False
+        self._s.reports.add(report_id)
+        self._undo.append(lambda: self._s.reports.discard(report_id))
+        return True
+
+
+class MemoryStore:
+    """The store contract in process memory (nothing survives the process)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.vehicles: dict[str, Vehicle] = {}
+        self.vins: list[str] = []
+        self.artifacts: dict[str, Artifact] = {}
+        self.releases: dict[int, Release] = {}
+        self.campaigns: dict[int, Campaign] = {}
+        self.campaign_requests: dict[str, int] = {}
+        self.actions: dict[int, Action] = {}
+        self.by_vin: defaultdict[str, list[int]] = defaultdict(list)
+        self.by_wave: dict[tuple[int, int], list[int]] = {}
+        self.counts: defaultdict[int, defaultdict[int, dict[ActionState, int]]] = defaultdict(
+            lambda: defaultdict(dict)
+        )
+        self.events: defaultdict[int, list[CampaignEvent]] = defaultdict(list)
+        self.reports: set[str] = set()
+        self.sequences: dict[str, int] = defaultdict(int)
+
+    def run(self, work: Callable[[_MemoryTx], T], *, write: bool = True) -> T:
+        """Run ``work`` under the store's lock; undo its changes if it raises."""
+        with self._lock:
+            tx = _MemoryTx(self)
+            try:
+                return work(tx)
+            except BaseException:
+                tx.rollback()
+                raise
+
+    def close(self) -> None:
+        """Nothing to release."""
