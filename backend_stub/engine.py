@@ -11,8 +11,9 @@ Rules (after hawkBit's rollouts and AWS IoT Jobs' abort criteria):
 * A wave whose failed share (failed or rolled back, with no retry left)
   reaches the error threshold pauses the campaign, with the reason recorded.
   So does a wave that ended below its success threshold.
-* Resuming accepts the current wave's failures: it is no longer checked
-  against the error threshold, and if it has ended it counts as passed.
+* Resuming after an automatic pause accepts the current wave's failures: it
+  is no longer checked against the error threshold, and if it has ended it
+  counts as passed. Resuming after an operator's pause changes no rule.
 * Aborting cancels every action the vehicle has not started installing.
 
 Every public method is one store transaction. The engine never reads the wall
@@ -260,8 +261,9 @@ class CampaignEngine:
                 raise FailedPrecondition(
                     f"campaign {campaign_id} is {campaign.state}; only a paused one can be resumed"
                 )
-            accepted = tuple(sorted({*campaign.accepted_waves, campaign.current_wave}))
-            campaign = campaign.with_changes(accepted_waves=accepted)
+            if campaign.auto_paused:
+                accepted = tuple(sorted({*campaign.accepted_waves, campaign.current_wave}))
+                campaign = campaign.with_changes(accepted_waves=accepted, auto_paused=False)
             campaign = self._set_state(tx, campaign, CampaignState.RUNNING, "resumed", reason="")
             return self._evaluate(tx, campaign)
 
@@ -581,6 +583,7 @@ class CampaignEngine:
                     f"error threshold reached in wave {wave}: {failed} of {size} vehicle(s) "
                     f"failed ({100.0 * failed / size:.0f}% >= {campaign.error_threshold_pct:g}%)"
                 )
+                campaign = campaign.with_changes(auto_paused=True)
                 return self._set_state(
                     tx, campaign, CampaignState.PAUSED, "paused", reason, reason=reason
                 )
@@ -607,6 +610,7 @@ class CampaignEngine:
                     f"wave {wave} ended with {succeeded} of {size} vehicle(s) updated, below the "
                     f"{campaign.success_threshold_pct:g}% success threshold"
                 )
+                campaign = campaign.with_changes(auto_paused=True)
                 return self._set_state(
                     tx, campaign, CampaignState.PAUSED, "paused", reason, reason=reason
                 )

@@ -71,3 +71,9 @@ class PkiError(BackendError):
     """Creating or loading certificates and keys failed."""
 
     code = "FAILED_PRECONDITION"
+
+
+class ConfigError(BackendError, ValueError):
+    """The backend's own configuration (listen address, files, keys) is unusable."""
+
+    code = "FAILED_PRECONDITION"

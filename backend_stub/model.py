@@ -265,8 +265,10 @@ class Campaign:
     updated_at: float
     current_wave: int = 0
     pause_reason: str = ""
-    # Waves whose failures an operator accepted by resuming.
+    # Waves whose failures an operator accepted by resuming after an automatic pause.
     accepted_waves: tuple[int, ...] = ()
+    # The current pause was made by a threshold rule (not by an operator).
+    auto_paused: bool = False
     request_id: str = ""
 
     @property

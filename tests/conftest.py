@@ -208,3 +208,41 @@ def store(store_kind: str, tmp_path: Path, request: pytest.FixtureRequest):
         made = SqlStore(request.getfixturevalue("pg_url"))
     yield made
     made.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend_db(request: pytest.FixtureRequest) -> str | None:
+    """The backend's database: its SQLite file (None), or a PostgreSQL URL where given."""
+    if request.param == "sqlite":
+        return None
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def backend(tmp_path: Path, backend_db: str | None):
+    """The bundled backend on 127.0.0.1, a free port, without TLS (SQLite and PostgreSQL)."""
+    from backend_stub.server import BackendConfig, serve
+
+    running = serve(
+        BackendConfig(
+            data_dir=tmp_path / "backend",
+            listen="127.0.0.1:0",
+            db_url=backend_db,
+            insecure=True,
+            metrics_listen="127.0.0.1:0",
+            tick_interval_s=0.05,
+        )
+    )
+    yield running
+    running.stop(0)
+
+
+@pytest.fixture
+def client(backend):
+    """Stubs of the three services over a loopback channel to ``backend``."""
+    import grpc
+    from backend_helpers import Client
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{backend.port}")
+    yield Client(channel)
+    channel.close()

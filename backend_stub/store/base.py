@@ -66,6 +66,9 @@ class Tx(Protocol):
     def add_release(self, release: Release) -> Release:
         """Store a release; return it with its key assigned."""
 
+    def sign_release(self, key: int, *, metadata: bytes, signature: bytes) -> None:
+        """Store the signed metadata of a release added in this transaction."""
+
     def get_release(self, key: int) -> Release | None:
         """Return a release by key."""
 

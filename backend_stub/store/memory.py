@@ -142,6 +142,10 @@ class _MemoryTx:
         self._set(self._s.releases, stored.key, stored)
         return stored
 
+    def sign_release(self, key: int, *, metadata: bytes, signature: bytes) -> None:
+        release = self._s.releases[key]
+        self._set(self._s.releases, key, replace(release, metadata=metadata, signature=signature))
+
     def get_release(self, key: int) -> Release | None:
         return self._s.releases.get(key)
 

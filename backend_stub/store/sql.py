@@ -119,6 +119,7 @@ campaigns = sa.Table(
     sa.Column("current_wave", sa.Integer, nullable=False),
     sa.Column("pause_reason", sa.Text, nullable=False),
     sa.Column("accepted_waves", sa.Text, nullable=False),
+    sa.Column("auto_paused", sa.Boolean, nullable=False),
     sa.Column("request_id", sa.String(100), nullable=True, unique=True),
 )
 
@@ -240,6 +241,7 @@ def _campaign(row: sa.Row[Any]) -> Campaign:
         current_wave=row.current_wave,
         pause_reason=row.pause_reason,
         accepted_waves=tuple(json.loads(row.accepted_waves)),
+        auto_paused=bool(row.auto_paused),
         request_id=row.request_id or "",
     )
 
@@ -262,6 +264,7 @@ def _campaign_values(campaign: Campaign) -> dict[str, Any]:
         "current_wave": campaign.current_wave,
         "pause_reason": campaign.pause_reason,
         "accepted_waves": _dump(list(campaign.accepted_waves)),
+        "auto_paused": campaign.auto_paused,
         "request_id": campaign.request_id or None,
     }
 
@@ -413,6 +416,13 @@ class _SqlTx:
             .returning(releases.c.key)
         ).scalar_one()
         return Release(**{**release.__dict__, "key": key})
+
+    def sign_release(self, key: int, *, metadata: bytes, signature: bytes) -> None:
+        self.conn.execute(
+            sa.update(releases)
+            .where(releases.c.key == key)
+            .values(metadata=metadata, signature=signature)
+        )
 
     def get_release(self, key: int) -> Release | None:
         row = self.conn.execute(sa.select(releases).where(releases.c.key == key)).first()
