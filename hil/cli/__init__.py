@@ -14,16 +14,17 @@ from typing import NoReturn
 
 import can
 
+from backend_stub.errors import BackendError
 from ecu_sim.errors import EcuSimError
 from gateway.errors import GatewayError
 from hil import __version__
-from hil.cli import demo, diag, ecu, flash, image, pki
+from hil.cli import backend, campaign, demo, diag, ecu, flash, image, pki, release, vehicles
 from hil.errors import HilError
 from ota_formats.errors import OtaFormatError
 
 EXIT_USAGE = 2
 
-SUBCOMMANDS = (demo, ecu, flash, image, diag, pki)
+SUBCOMMANDS = (demo, ecu, flash, image, diag, pki, backend, release, vehicles, campaign)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -74,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (
         HilError,
+        BackendError,
         OtaFormatError,
         EcuSimError,
         GatewayError,
