@@ -385,7 +385,7 @@ class CampaignEngine:
         return self.store.run(work)
 
     def deployment(self, vin: str, deployment_id: str) -> tuple[Action, Campaign]:
-        """Return one of the vehicle's own deployments (``NotFound`` for anyone else's)."""
+        """Return one of the vehicle's own deployments (``PermissionDenied`` for another's)."""
         key = lookup_id("dep", deployment_id, "deployment_id")
 
         def work(tx: Tx) -> tuple[Action, Campaign]:
