@@ -360,7 +360,10 @@ def _unary(role: str) -> Callable[[F], Callable[..., Any]]:
                 log.exception("%s failed", method)
                 context.abort(grpc.StatusCode.INTERNAL, f"{method} failed inside the backend")
             finally:
-                self.shared.metrics.observe(method, code, time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                self.shared.metrics.observe(method, code, elapsed)
+                if access_log.isEnabledFor(logging.DEBUG):
+                    access_log.debug("%s %s %.2f ms", method, code, elapsed * 1000)
             return None
 
         return run
@@ -391,7 +394,10 @@ def _streaming(role: str) -> Callable[[F], Callable[..., Any]]:
                 log.exception("%s failed", method)
                 context.abort(grpc.StatusCode.INTERNAL, f"{method} failed inside the backend")
             finally:
-                self.shared.metrics.observe(method, code, time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                self.shared.metrics.observe(method, code, elapsed)
+                if access_log.isEnabledFor(logging.DEBUG):
+                    access_log.debug("%s %s %.2f ms", method, code, elapsed * 1000)
 
         return run
 
