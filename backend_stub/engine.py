@@ -7,7 +7,8 @@ Rules (after hawkBit's rollouts and AWS IoT Jobs' abort criteria):
 * Starting a campaign makes wave 0's actions pending; a pending action is
   offered to its vehicle at the next check-in and becomes notified.
 * A wave whose succeeded share reaches the success threshold starts the next
-  wave; the last wave completes the campaign once all its actions ended.
+  wave; once the last wave has passed, the campaign completes when every
+  action of every wave has ended (earlier waves may still have stragglers).
 * A wave whose failed share (failed or rolled back, with no retry left)
   reaches the error threshold pauses the campaign, with the reason recorded.
   So does a wave that ended below its success threshold.
@@ -594,8 +595,16 @@ class CampaignEngine:
                 if wave + 1 < len(campaign.wave_sizes):
                     campaign = self._start_wave(tx, campaign, wave + 1)
                     continue
-                if ended == size:
-                    totals = tx.wave_counts(campaign.key)
+                # Complete only when no vehicle of any wave is still at work:
+                # earlier waves may have stragglers after passing their threshold.
+                totals = tx.wave_counts(campaign.key)
+                unfinished = sum(
+                    number
+                    for counts_of_wave in totals.values()
+                    for state, number in counts_of_wave.items()
+                    if state not in TERMINAL_ACTION_STATES
+                )
+                if unfinished == 0:
                     done = sum(c.get(ActionState.SUCCEEDED, 0) for c in totals.values())
                     return self._set_state(
                         tx,
