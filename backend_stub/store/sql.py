@@ -14,8 +14,10 @@ are retried.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -46,6 +48,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 SCHEMA_VERSION = 1
 _RETRIES = 8
+# How long SQLite waits for another writer's lock before "database is locked".
+_SQLITE_BUSY_TIMEOUT_S = 30
 # PostgreSQL SQLSTATEs worth retrying: serialization failure, deadlock.
 _RETRY_SQLSTATES = {"40001", "40P01"}
 
@@ -301,6 +305,35 @@ def _states(states: Iterable[ActionState]) -> list[str]:
     return [s.value for s in states]
 
 
+# The statements of a check-in, built once: building a statement and its cache
+# key costs more than running it on SQLite.
+@functools.cache
+def _touch_statement(state: bool, ecus: bool) -> sa.Update:
+    values: dict[str, Any] = {
+        "last_seen_at": sa.bindparam("b_at"),
+        "checkins": vehicles.c.checkins + 1,
+    }
+    if state:
+        values["state"] = sa.bindparam("b_state")
+    if ecus:
+        values["ecus"] = sa.bindparam("b_ecus")
+    return sa.update(vehicles).where(vehicles.c.vin == sa.bindparam("b_vin")).values(values)
+
+
+@functools.lru_cache(maxsize=64)
+def _actions_of_vehicle_query(states: frozenset[str]) -> sa.Select[Any]:
+    # One bound parameter per state, not an expanding IN, which is re-rendered at every call.
+    wanted = [sa.literal(state, actions.c.state.type) for state in sorted(states)]
+    return (
+        sa.select(actions)
+        .where(
+            actions.c.vin == sa.bindparam("b_vin"),
+            actions.c.state.in_(wanted) if wanted else sa.false(),
+        )
+        .order_by(actions.c.key)
+    )
+
+
 class _SqlTx:
     """One transaction on a connection of :class:`SqlStore`."""
 
@@ -332,13 +365,13 @@ class _SqlTx:
     def touch_vehicle(
         self, vin: str, *, at: float, state: str | None, ecus: Sequence[EcuInfo] | None
     ) -> bool:
-        values: dict[str, Any] = {"last_seen_at": at, "checkins": vehicles.c.checkins + 1}
+        parameters: dict[str, Any] = {"b_vin": vin, "b_at": at}
         if state is not None:
-            values["state"] = state
+            parameters["b_state"] = state
         if ecus is not None:
-            values["ecus"] = _ecus_json(ecus)
-        result = self.conn.execute(sa.update(vehicles).where(vehicles.c.vin == vin).values(values))
-        return result.rowcount == 1
+            parameters["b_ecus"] = _ecus_json(ecus)
+        statement = _touch_statement(state is not None, ecus is not None)
+        return self.conn.execute(statement, parameters).rowcount == 1
 
     def set_telemetry(self, vin: str, values: Mapping[str, float], at: float) -> bool:
         row = self.conn.execute(
@@ -527,12 +560,8 @@ class _SqlTx:
         return result.rowcount == 1
 
     def actions_of_vehicle(self, vin: str, states: Collection[ActionState]) -> list[Action]:
-        query = (
-            sa.select(actions)
-            .where(actions.c.vin == vin, actions.c.state.in_(_states(states)))
-            .order_by(actions.c.key)
-        )
-        return [_action(row) for row in self.conn.execute(query)]
+        query = _actions_of_vehicle_query(frozenset(_states(states)))
+        return [_action(row) for row in self.conn.execute(query, {"b_vin": vin})]
 
     def move_actions(
         self,
@@ -664,13 +693,20 @@ class SqlStore:
         except (ImportError, exc.ArgumentError) as error:
             raise InvalidArgument(f"database URL {parsed!r}: {error}") from error
         self._writer = self.engine.execution_options(hil_write=True)
+        # SQLite admits one writer at a time; a thread that finds the file locked
+        # sleeps in SQLite's busy handler (1, 2, 5, ... 100 ms) before it tries
+        # again. Writers of this process queue on a lock instead, and start the
+        # moment the previous one commits. Other processes still meet the busy
+        # handler, and so does a writer that waited longer than the busy timeout
+        # (it then fails as it did without the lock); reentrant for the same reason.
+        self._write_lock = threading.RLock() if self.dialect == "sqlite" else None
         self._create_schema()
 
     @staticmethod
     def _sqlite_engine(url: str, pool_size: int) -> Engine:
         engine = sa.create_engine(
             url,
-            connect_args={"check_same_thread": False, "timeout": 30},
+            connect_args={"check_same_thread": False, "timeout": _SQLITE_BUSY_TIMEOUT_S},
             pool_size=pool_size,
             max_overflow=pool_size * 2,
         )
@@ -714,7 +750,18 @@ class SqlStore:
 
     def run(self, work: Callable[[_SqlTx], T], *, write: bool = True) -> T:
         """Run ``work`` in one transaction; retry it on deadlocks and lock timeouts."""
-        engine = self._writer if write else self.engine
+        if not write:
+            return self._run(work, self.engine)
+        if self._write_lock is None:
+            return self._run(work, self._writer)
+        locked = self._write_lock.acquire(timeout=_SQLITE_BUSY_TIMEOUT_S)
+        try:
+            return self._run(work, self._writer)
+        finally:
+            if locked:
+                self._write_lock.release()
+
+    def _run(self, work: Callable[[_SqlTx], T], engine: Engine) -> T:
         for attempt in range(_RETRIES):
             try:
                 with engine.begin() as conn:
