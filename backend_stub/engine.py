@@ -43,6 +43,7 @@ from backend_stub.model import (
     FAILURE_STATES,
     REPORTABLE_STATES,
     TERMINAL_ACTION_STATES,
+    UNFINISHED_STATES,
     Action,
     ActionState,
     Campaign,
@@ -344,12 +345,15 @@ class CampaignEngine:
         on, or else the oldest pending one of a running campaign, which
         becomes notified.
         """
+        registered, busy = self.store.touch(vin, at=self.clock(), state=state, ecus=ecus)
+        if not registered:
+            raise NotFound(f"vehicle {vin} is not registered; register it first")
+        if not busy:
+            return []
 
         def work(tx: Tx) -> list[Offer]:
             now = self.clock()
-            if not tx.touch_vehicle(vin, at=now, state=state, ecus=ecus):
-                raise NotFound(f"vehicle {vin} is not registered; register it first")
-            actions = tx.actions_of_vehicle(vin, {ActionState.PENDING, *ACTIVE_ACTION_STATES})
+            actions = tx.actions_of_vehicle(vin, UNFINISHED_STATES)
             if not actions:
                 return []
             campaigns: dict[int, Campaign] = {}

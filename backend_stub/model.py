@@ -35,6 +35,8 @@ FAILURE_STATES = frozenset({ActionState.FAILED, ActionState.ROLLED_BACK})
 ACTIVE_ACTION_STATES = frozenset(
     {ActionState.NOTIFIED, ActionState.DOWNLOADING, ActionState.INSTALLING}
 )
+# States in which a check-in has something to say to the vehicle.
+UNFINISHED_STATES = frozenset({ActionState.PENDING, *ACTIVE_ACTION_STATES})
 # What a vehicle may report.
 REPORTABLE_STATES = frozenset(
     {

@@ -161,6 +161,15 @@ class Tx(Protocol):
 class Store(Protocol):
     """A transactional store."""
 
+    def touch(
+        self, vin: str, *, at: float, state: str | None, ecus: Sequence[EcuInfo] | None
+    ) -> tuple[bool, bool]:
+        """Record a check-in on its own; return (registered, has unfinished actions).
+
+        The hot path of every polling vehicle, so a store may take a shorter
+        road than :meth:`run` as long as the change is committed on return.
+        """
+
     def run(self, work: Callable[[Tx], T], *, write: bool = True) -> T:
         """Run ``work`` in one transaction and commit; roll back if it raises."""
 

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from backend_stub.model import (
     ACTIVE_ACTION_STATES,
+    UNFINISHED_STATES,
     Action,
     ActionState,
     Artifact,
@@ -353,6 +354,18 @@ class MemoryStore:
         self.events: defaultdict[int, list[CampaignEvent]] = defaultdict(list)
         self.reports: set[str] = set()
         self.sequences: dict[str, int] = defaultdict(int)
+
+    def touch(
+        self, vin: str, *, at: float, state: str | None, ecus: Sequence[EcuInfo] | None
+    ) -> tuple[bool, bool]:
+        """Record a check-in; return (registered, has unfinished actions)."""
+
+        def work(tx: _MemoryTx) -> tuple[bool, bool]:
+            if not tx.touch_vehicle(vin, at=at, state=state, ecus=ecus):
+                return False, False
+            return True, bool(tx.actions_of_vehicle(vin, UNFINISHED_STATES))
+
+        return self.run(work)
 
     def run(self, work: Callable[[_MemoryTx], T], *, write: bool = True) -> T:
         """Run ``work`` under the store's lock; undo its changes if it raises."""

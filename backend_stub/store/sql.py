@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -31,6 +32,7 @@ from sqlalchemy.engine import Connection, Engine
 from backend_stub.errors import InvalidArgument, StoreError
 from backend_stub.model import (
     ACTIVE_ACTION_STATES,
+    UNFINISHED_STATES,
     Action,
     ActionState,
     Artifact,
@@ -332,6 +334,14 @@ def _actions_of_vehicle_query(states: frozenset[str]) -> sa.Select[Any]:
         )
         .order_by(actions.c.key)
     )
+
+
+_UNFINISHED_VALUES = tuple(sorted(s.value for s in UNFINISHED_STATES))
+_UNFINISHED_SQL = (
+    "SELECT 1 FROM actions WHERE vin = ? AND state IN ("
+    + ", ".join("?" * len(_UNFINISHED_VALUES))
+    + ") LIMIT 1"
+)
 
 
 class _SqlTx:
@@ -700,6 +710,9 @@ class SqlStore:
         # handler, and so does a writer that waited longer than the busy timeout
         # (it then fails as it did without the lock); reentrant for the same reason.
         self._write_lock = threading.RLock() if self.dialect == "sqlite" else None
+        self._sqlite_path = parsed.database if self.dialect == "sqlite" else None
+        self._raw = threading.local()
+        self._raw_connections: list[sqlite3.Connection] = []
         self._create_schema()
 
     @staticmethod
@@ -778,6 +791,68 @@ class SqlStore:
             return getattr(error.orig, "sqlstate", None) in _RETRY_SQLSTATES
         return "locked" in str(error.orig) or "busy" in str(error.orig)
 
+    def touch(
+        self, vin: str, *, at: float, state: str | None, ecus: Sequence[EcuInfo] | None
+    ) -> tuple[bool, bool]:
+        """Record a check-in; return (registered, has unfinished actions).
+
+        On SQLite this runs two plain statements on a connection of the
+        calling thread's own, outside SQLAlchemy: a polling fleet makes this
+        the backend's most frequent request, and the ORM-free path costs a
+        fraction of a pooled transaction. The UPDATE commits on its own.
+        """
+        if self._sqlite_path is None:
+
+            def work(tx: _SqlTx) -> tuple[bool, bool]:
+                if not tx.touch_vehicle(vin, at=at, state=state, ecus=ecus):
+                    return False, False
+                return True, bool(tx.actions_of_vehicle(vin, UNFINISHED_STATES))
+
+            return self.run(work)
+        conn = self._raw_connection()
+        assignments = "last_seen_at = ?, checkins = checkins + 1"
+        parameters: list[Any] = [at]
+        if state is not None:
+            assignments += ", state = ?"
+            parameters.append(state)
+        if ecus is not None:
+            assignments += ", ecus = ?"
+            parameters.append(_ecus_json(ecus))
+        parameters.append(vin)
+        assert self._write_lock is not None
+        try:
+            with self._write_lock:
+                updated = conn.execute(
+                    f"UPDATE vehicles SET {assignments} WHERE vin = ?", parameters
+                ).rowcount
+            if updated != 1:
+                return False, False
+            busy = conn.execute(_UNFINISHED_SQL, (vin, *_UNFINISHED_VALUES)).fetchone()
+        except sqlite3.Error as error:
+            raise StoreError(f"database error: {error}") from error
+        return True, busy is not None
+
+    def _raw_connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._raw, "conn", None)
+        if conn is None:
+            assert self._sqlite_path is not None
+            # Autocommit: each statement is its own transaction.
+            conn = sqlite3.connect(
+                self._sqlite_path,
+                timeout=_SQLITE_BUSY_TIMEOUT_S,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._raw.conn = conn
+            with self._write_lock or threading.Lock():
+                self._raw_connections.append(conn)
+        return conn
+
     def close(self) -> None:
         """Close every pooled connection."""
+        for conn in self._raw_connections:
+            conn.close()
+        self._raw_connections.clear()
+        self._raw = threading.local()
         self.engine.dispose()
