@@ -23,3 +23,19 @@ class DiagnosticTimeout(DiagnosticError, TimeoutError):
 
 class ImageRejected(GatewayError, ValueError):
     """An image is unsuitable for the target before anything is sent."""
+
+
+class BackendUnavailable(GatewayError, ConnectionError):
+    """The backend could not be reached within the retry budget."""
+
+
+class BackendRefused(GatewayError):
+    """The backend answered a request with an error status."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ReleaseRejected(GatewayError, ValueError):
+    """A release or an artifact failed verification; nothing may be flashed from it."""
