@@ -9,6 +9,7 @@ traceback and answered with INTERNAL, and the server keeps serving.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -52,7 +53,7 @@ from backend_stub.model import (
     WaveSpec,
 )
 from backend_stub.pki import ROLE_OPERATOR, ROLE_VEHICLE, Identity, identity_from_pem
-from backend_stub.service import OtaBackend, Page, check_vin
+from backend_stub.service import OtaBackend, Page, check_filter, check_vin
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("backend_stub.access")
@@ -340,31 +341,43 @@ def _abort(context: grpc.ServicerContext, error: BackendError) -> None:
     context.abort(getattr(grpc.StatusCode, error.code), str(error))
 
 
+@contextlib.contextmanager
+def _serving(
+    shared: _Shared, method: str, role: str, context: grpc.ServicerContext
+) -> Iterator[Identity | None]:
+    """Authorise one call, map its errors to status codes, and record it."""
+    started = time.perf_counter()
+    code = "OK"
+    try:
+        identity = shared.auth.identify(context)
+        shared.auth.require(identity, role, method)
+        yield identity
+    except BackendError as error:
+        code = error.code
+        _abort(context, error)
+    except GeneratorExit:  # the caller left a stream
+        code = "CANCELLED"
+        raise
+    except Exception:
+        code = "INTERNAL"
+        log.exception("%s failed", method)
+        context.abort(grpc.StatusCode.INTERNAL, f"{method} failed inside the backend")
+    finally:
+        elapsed = time.perf_counter() - started
+        shared.metrics.observe(method, code, elapsed)
+        if access_log.isEnabledFor(logging.DEBUG):
+            access_log.debug("%s %s %.2f ms", method, code, elapsed * 1000)
+
+
 def _unary(role: str) -> Callable[[F], Callable[..., Any]]:
     def wrap(handler: F) -> Callable[..., Any]:
         method = handler.__name__
 
         @functools.wraps(handler)
         def run(self: _Servicer, request: Any, context: grpc.ServicerContext) -> Any:
-            started = time.perf_counter()
-            code = "OK"
-            try:
-                identity = self.shared.auth.identify(context)
-                self.shared.auth.require(identity, role, method)
+            with _serving(self.shared, method, role, context) as identity:
                 return handler(self, request, context, identity)
-            except BackendError as error:
-                code = error.code
-                _abort(context, error)
-            except Exception:
-                code = "INTERNAL"
-                log.exception("%s failed", method)
-                context.abort(grpc.StatusCode.INTERNAL, f"{method} failed inside the backend")
-            finally:
-                elapsed = time.perf_counter() - started
-                self.shared.metrics.observe(method, code, elapsed)
-                if access_log.isEnabledFor(logging.DEBUG):
-                    access_log.debug("%s %s %.2f ms", method, code, elapsed * 1000)
-            return None
+            return None  # aborted: the status has been set
 
         return run
 
@@ -377,27 +390,8 @@ def _streaming(role: str) -> Callable[[F], Callable[..., Any]]:
 
         @functools.wraps(handler)
         def run(self: _Servicer, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            started = time.perf_counter()
-            code = "OK"
-            try:
-                identity = self.shared.auth.identify(context)
-                self.shared.auth.require(identity, role, method)
+            with _serving(self.shared, method, role, context) as identity:
                 yield from handler(self, request, context, identity)
-            except BackendError as error:
-                code = error.code
-                _abort(context, error)
-            except GeneratorExit:
-                code = "CANCELLED"
-                raise
-            except Exception:
-                code = "INTERNAL"
-                log.exception("%s failed", method)
-                context.abort(grpc.StatusCode.INTERNAL, f"{method} failed inside the backend")
-            finally:
-                elapsed = time.perf_counter() - started
-                self.shared.metrics.observe(method, code, elapsed)
-                if access_log.isEnabledFor(logging.DEBUG):
-                    access_log.debug("%s %s %.2f ms", method, code, elapsed * 1000)
 
         return run
 
@@ -632,8 +626,6 @@ class CampaignService(_Servicer, campaign_pb2_grpc.CampaignServiceServicer):
 
     @staticmethod
     def _filter(message: common_pb2.VehicleFilter) -> VehicleFilter:
-        from backend_stub.service import check_filter
-
         return check_filter(vehicle_filter(message))
 
     @_unary(OPERATOR)

@@ -21,7 +21,6 @@ import contextlib
 import datetime
 import ipaddress
 import os
-import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from backend_stub.errors import PkiError
+from ota_formats.vehicle import is_valid_vin
 
 ROLE_VEHICLE = "vehicle"
 ROLE_OPERATOR = "operator"
@@ -62,7 +62,6 @@ RELEASE_PUBLIC_KEY_FILE = "release_signing_pub.pem"
 # Clients and servers whose clocks run a little behind must still accept a fresh certificate.
 _CLOCK_SKEW = datetime.timedelta(minutes=5)
 _DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1", "::1")
-_VIN = re.compile(r"[A-HJ-NPR-Z0-9]{17}")
 _KEY_MODE = 0o600
 _CERT_MODE = 0o644
 
@@ -141,7 +140,7 @@ class Pki:
         if not self.vehicles_directory.is_dir():
             return []
         return sorted(
-            path.stem for path in self.vehicles_directory.glob("*.pem") if _VIN.fullmatch(path.stem)
+            path.stem for path in self.vehicles_directory.glob("*.pem") if is_valid_vin(path.stem)
         )
 
     def server_credentials(self) -> grpc.ServerCredentials:
@@ -228,7 +227,7 @@ class Pki:
 
 def check_vin(vin: str) -> str:
     """Return ``vin`` if it is a valid VIN (17 of 0-9 and A-Z without I, O, Q); else PkiError."""
-    if not _VIN.fullmatch(vin):
+    if not is_valid_vin(vin):
         raise PkiError(f"invalid VIN {vin!r}: 17 characters from 0-9 and A-Z without I, O and Q")
     return vin
 
@@ -491,6 +490,11 @@ def _issue(
     if alt_names:
         builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
     return key, builder.sign(ca_key, hashes.SHA256())
+
+
+def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey | Ed25519PrivateKey) -> None:
+    """Write ``key`` as unencrypted PKCS#8 PEM, atomically, readable by its owner only."""
+    _write_atomic(path, _private_pem(key), 0o600)
 
 
 def _private_pem(key: ec.EllipticCurvePrivateKey | Ed25519PrivateKey) -> bytes:

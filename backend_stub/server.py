@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-import os
-import tempfile
 import threading
 import time
 from concurrent import futures
@@ -18,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
@@ -28,14 +25,13 @@ from backend_stub.engine import Clock
 from backend_stub.errors import BackendError, ConfigError
 from backend_stub.grpc_api import SERVICE_NAMES, add_services
 from backend_stub.metrics import Metrics
-from backend_stub.pki import load_pki
+from backend_stub.pki import RELEASE_KEY_FILE, load_pki, write_private_key
 from backend_stub.service import Limits, OtaBackend
 from backend_stub.store.sql import SqlStore, sqlite_url
 from ota_formats.errors import KeyFileError
 from ota_formats.signing import dev_public_key, load_private_key, load_public_key
 
 log = logging.getLogger(__name__)
-RELEASE_KEY_FILE = "release_signing_key.pem"
 
 
 @dataclass
@@ -140,28 +136,12 @@ def _release_key(config: BackendConfig) -> Ed25519PrivateKey:
     if path is None:
         path = config.data_dir / RELEASE_KEY_FILE
         if not path.exists():
-            _write_new_key(path)
+            write_private_key(path, Ed25519PrivateKey.generate())
             log.warning("created a release signing key in %s", path)
     try:
         return load_private_key(path)
     except KeyFileError as exc:
         raise ConfigError(str(exc)) from exc
-
-
-def _write_new_key(path: Path) -> None:
-    pem = Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=".key-")
-    try:
-        os.fchmod(handle, 0o600)
-        os.write(handle, pem)
-        os.fsync(handle)
-    finally:
-        os.close(handle)
-    os.replace(name, path)
 
 
 def _image_keys(config: BackendConfig) -> list[Ed25519PublicKey]:

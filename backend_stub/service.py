@@ -10,7 +10,6 @@ service layer's.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -41,12 +40,15 @@ from backend_stub.model import (
 )
 from backend_stub.store.base import Store, Tx
 from ota_formats import OtaFormatError, parse_image
-from ota_formats.release import ReleaseImageEntry, ReleaseManifest, sign_manifest
+from ota_formats.release import (
+    ReleaseImageEntry,
+    ReleaseManifest,
+    is_sha256_hex,
+    sign_manifest,
+)
 from ota_formats.signing import key_id
-from ota_formats.vehicle import is_valid_vin
+from ota_formats.vehicle import is_valid_ecu_name, is_valid_vin
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_ECU_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,15}$")
 _TEXT_LIMIT = 200
 
 
@@ -120,7 +122,7 @@ def check_vin(vin: str) -> str:
 
 def check_sha256(text: str, what: str = "sha256") -> str:
     """Return ``text`` or raise :class:`InvalidArgument`."""
-    if not _SHA256.match(text):
+    if not is_sha256_hex(text):
         raise InvalidArgument(f"{what} must be 64 lowercase hex digits, got {text[:80]!r}")
     return text
 
@@ -142,7 +144,7 @@ def check_ecus(ecus: Sequence[EcuInfo], limits: Limits) -> tuple[EcuInfo, ...]:
         raise InvalidArgument(f"at most {limits.max_ecus} ECUs, got {len(ecus)}")
     names = set()
     for index, ecu in enumerate(ecus):
-        if not _ECU_NAME.match(ecu.name):
+        if not is_valid_ecu_name(ecu.name):
             raise InvalidArgument(
                 f"ecus[{index}].name {ecu.name!r} must be 1-16 of a-z, 0-9, _ and -, "
                 "starting with a letter"
@@ -287,7 +289,7 @@ class OtaBackend:
             raise InvalidArgument(f"at most {self.limits.max_release_images} images per release")
         seen: set[str] = set()
         for index, (ecu, sha256, compatible) in enumerate(images):
-            if not _ECU_NAME.match(ecu):
+            if not is_valid_ecu_name(ecu):
                 raise InvalidArgument(f"images[{index}].ecu {ecu!r} is not an ECU name")
             if ecu in seen:
                 raise InvalidArgument(f"images[{index}].ecu {ecu!r} appears twice")
@@ -523,18 +525,16 @@ class OtaBackend:
         self, campaign_id: str, states: Sequence[ActionState], page: Page
     ) -> list[Action]:
         """List a campaign's actions after the page token."""
-        campaign = self.engine.status(campaign_id).campaign
+        key = lookup_id("cmp", campaign_id, "campaign_id")
         after, limit = page.key(), page.limit
         wanted = tuple(states)
-        return self.store.run(
-            lambda tx: tx.list_actions(
-                campaign.key,
-                states=wanted,
-                after_key=after,
-                limit=limit,
-            ),
-            write=False,
-        )
+
+        def work(tx: Tx) -> list[Action]:
+            if tx.get_campaign(key) is None:
+                raise NotFound(f"campaign {campaign_id} does not exist")
+            return tx.list_actions(key, states=wanted, after_key=after, limit=limit)
+
+        return self.store.run(work, write=False)
 
     def events(
         self, campaign_id: str, *, after_key: int, limit: int = 500

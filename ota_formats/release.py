@@ -25,6 +25,11 @@ MANIFEST_FORMAT = "hil-release/1"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
+def is_sha256_hex(text: str) -> bool:
+    """Whether ``text`` is a SHA-256 digest written as 64 lowercase hex digits."""
+    return bool(_SHA256.match(text))
+
+
 @dataclass(frozen=True)
 class ReleaseImageEntry:
     """One image of a release, in flashing order."""
@@ -137,7 +142,7 @@ def verify_manifest(
 
 def _entry(raw: Mapping[str, Any]) -> ReleaseImageEntry:
     sha = _text(raw["sha256"])
-    if not _SHA256.match(sha):
+    if not is_sha256_hex(sha):
         raise ReleaseFormatError(f"image sha256 {sha!r} is not 64 lowercase hex digits")
     compatible = raw["compatible_hardware_ids"]
     if not isinstance(compatible, list):

@@ -32,6 +32,11 @@ from ota_formats.signing import public_key_from_hex
 _VIN = re.compile(r"^[A-HJ-NPR-Z0-9]{17}$")
 
 
+def is_valid_ecu_name(text: str) -> bool:
+    """Whether ``text`` is a well-formed ECU name: 1-16 of a-z, 0-9, _ and -, from a letter."""
+    return bool(_NAME.match(text))
+
+
 def is_valid_vin(text: str) -> bool:
     """Whether ``text`` is a well-formed VIN: 17 characters of 0-9 and A-Z without I, O, Q."""
     return bool(_VIN.match(text))

@@ -111,6 +111,18 @@ def test_cli_errors_are_one_line(capsys, remote, tmp_path):
         "lots",
         *remote,
     )
+    assert "must not be negative" in fails(
+        capsys,
+        "campaign",
+        "create",
+        "--release",
+        "rel-1",
+        "--name",
+        "x",
+        "--max-retries",
+        "-1",
+        *remote,
+    )
     assert "--tls-dir" in fails(capsys, "campaign", "list", "--backend", "127.0.0.1:1")
     assert "unreachable" in fails(
         capsys, "campaign", "list", "--backend", "127.0.0.1:1", "--insecure"

@@ -11,6 +11,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 from backend_stub.model import (
+    UNFINISHED_STATES,
     Action,
     ActionState,
     Artifact,
@@ -156,6 +157,15 @@ class Tx(Protocol):
     # Idempotency
     def claim_report(self, report_id: str, *, at: float) -> bool:
         """Record a report id; ``False`` if it had been recorded before."""
+
+
+def touch_in(
+    tx: Tx, vin: str, *, at: float, state: str | None, ecus: Sequence[EcuInfo] | None
+) -> tuple[bool, bool]:
+    """:meth:`Store.touch` inside a transaction: (registered, has unfinished actions)."""
+    if not tx.touch_vehicle(vin, at=at, state=state, ecus=ecus):
+        return False, False
+    return True, bool(tx.actions_of_vehicle(vin, UNFINISHED_STATES))
 
 
 class Store(Protocol):

@@ -17,7 +17,6 @@ from typing import TypeVar
 
 from backend_stub.model import (
     ACTIVE_ACTION_STATES,
-    UNFINISHED_STATES,
     Action,
     ActionState,
     Artifact,
@@ -29,6 +28,7 @@ from backend_stub.model import (
     Vehicle,
     VehicleFilter,
 )
+from backend_stub.store.base import touch_in
 
 T = TypeVar("T")
 
@@ -359,13 +359,7 @@ class MemoryStore:
         self, vin: str, *, at: float, state: str | None, ecus: Sequence[EcuInfo] | None
     ) -> tuple[bool, bool]:
         """Record a check-in; return (registered, has unfinished actions)."""
-
-        def work(tx: _MemoryTx) -> tuple[bool, bool]:
-            if not tx.touch_vehicle(vin, at=at, state=state, ecus=ecus):
-                return False, False
-            return True, bool(tx.actions_of_vehicle(vin, UNFINISHED_STATES))
-
-        return self.run(work)
+        return self.run(lambda tx: touch_in(tx, vin, at=at, state=state, ecus=ecus))
 
     def run(self, work: Callable[[_MemoryTx], T], *, write: bool = True) -> T:
         """Run ``work`` under the store's lock; undo its changes if it raises."""

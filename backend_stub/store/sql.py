@@ -45,6 +45,7 @@ from backend_stub.model import (
     Vehicle,
     VehicleFilter,
 )
+from backend_stub.store.base import touch_in
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -802,13 +803,7 @@ class SqlStore:
         fraction of a pooled transaction. The UPDATE commits on its own.
         """
         if self._sqlite_path is None:
-
-            def work(tx: _SqlTx) -> tuple[bool, bool]:
-                if not tx.touch_vehicle(vin, at=at, state=state, ecus=ecus):
-                    return False, False
-                return True, bool(tx.actions_of_vehicle(vin, UNFINISHED_STATES))
-
-            return self.run(work)
+            return self.run(lambda tx: touch_in(tx, vin, at=at, state=state, ecus=ecus))
         conn = self._raw_connection()
         assignments = "last_seen_at = ?, checkins = checkins + 1"
         parameters: list[Any] = [at]

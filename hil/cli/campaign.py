@@ -91,6 +91,8 @@ def _wave(text: str) -> campaign_pb2.WaveSpec:
 
 def run_create(args: argparse.Namespace) -> int:
     """Create (and maybe start) a campaign."""
+    if args.max_retries < 0 or args.action_timeout < 0:
+        raise UsageError("--max-retries and --action-timeout must not be negative")
     request = campaign_pb2.CreateCampaignRequest(
         name=args.name,
         release_id=args.release,
@@ -101,8 +103,6 @@ def run_create(args: argparse.Namespace) -> int:
         force=args.force,
         request_id=uuid.uuid4().hex,
     )
-    if args.max_retries < 0 or args.action_timeout < 0:
-        raise UsageError("--max-retries and --action-timeout must not be negative")
     if args.success_threshold is not None:
         request.success_threshold_pct = args.success_threshold
     if args.error_threshold is not None:
