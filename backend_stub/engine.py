@@ -441,6 +441,7 @@ class CampaignEngine:
             if report.state is action.state and action.state not in TERMINAL_ACTION_STATES:
                 progressed = action.with_changes(progress_pct=report.progress_pct, updated_at=now)
                 tx.update_action(progressed, expected=action.state)
+                self._report_event(tx, campaign, report)
                 return ReportOutcome(progressed, duplicate=False)
             if report.state not in ACTION_TRANSITIONS[action.state]:
                 raise FailedPrecondition(
@@ -463,6 +464,7 @@ class CampaignEngine:
                 )
                 tx.update_action(moved, expected=action.state)
                 self._event(tx, campaign, "action", vin=action.vin, action_state=report.state)
+            self._report_event(tx, campaign, report)
             final = tx.get_action(key)
             assert final is not None
             return ReportOutcome(final, duplicate=False)
@@ -630,6 +632,19 @@ class CampaignEngine:
             return campaign
         return campaign
 
+    def _report_event(self, tx: Tx, campaign: Campaign, report: DeploymentReport) -> None:
+        """Keep what the vehicle said about its ECUs and its activity in the event log."""
+        detail = describe_report(report)
+        if detail:
+            self._event(
+                tx,
+                campaign,
+                "vehicle_report",
+                vin=report.vin,
+                action_state=report.state,
+                detail=detail,
+            )
+
     def _event(
         self,
         tx: Tx,
@@ -654,6 +669,22 @@ class CampaignEngine:
         )
 
 
+def describe_report(report: DeploymentReport) -> str:
+    """One line from a report's activity and per-ECU states (empty when it has neither)."""
+    parts = [report.detail] if report.detail else []
+    for ecu in report.ecu_progress:
+        text = f"{ecu.get('ecu', '?')} {ecu.get('state', '')}".strip()
+        versions = (ecu.get("from_version", ""), ecu.get("to_version", ""))
+        if any(versions):
+            text += f" {versions[0] or '?'}->{versions[1] or '?'}"
+        if ecu.get("step"):
+            text += f" at {ecu['step']}"
+        if ecu.get("reason"):
+            text += f": {ecu['reason']}"
+        parts.append(text)
+    return "; ".join(parts)[:2000]
+
+
 __all__ = [
     "CampaignEngine",
     "CampaignStatus",
@@ -661,5 +692,6 @@ __all__ = [
     "ReportOutcome",
     "check_spec",
     "compatible",
+    "describe_report",
     "split_waves",
 ]

@@ -553,10 +553,18 @@ class DeviceService(_Servicer, device_pb2_grpc.DeviceServiceServicer):
                 failure_step=request.failure_step[:100],
                 failure_reason=request.failure_reason[:2000],
                 ecu_progress=tuple(
-                    {"ecu": p.ecu, "state": p.state, "step": p.step, "reason": p.reason}
+                    {
+                        "ecu": p.ecu[:16],
+                        "state": p.state[:32],
+                        "step": p.step[:64],
+                        "reason": p.reason[:500],
+                        "from_version": p.from_version[:16],
+                        "to_version": p.to_version[:16],
+                    }
                     for p in request.ecus
                 ),
                 inventory=tuple(ecu(e) for e in request.inventory),
+                detail=request.detail[:500],
             )
         )
         return device_pb2.ReportDeploymentResponse(

@@ -369,3 +369,4 @@ class DeploymentReport:
     failure_reason: str = ""
     ecu_progress: tuple[dict[str, str], ...] = ()
     inventory: tuple[EcuInfo, ...] = ()
+    detail: str = ""

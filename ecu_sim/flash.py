@@ -14,7 +14,12 @@ The rules:
 * the next boot tries the pending bank; each attempt is counted in NVM before
   it starts; ``max_boot_attempts`` failures in a row reject the new image,
   store a DTC and boot the previous bank again;
-* every boot checks the SHA-256 of the bank it starts.
+* an image that passed its trial boot runs *unconfirmed*: the stored
+  anti-rollback counter rises only when the tester confirms it (0xFF02), so
+  until then the previous image may be activated again (0xFF03) -- the
+  "confirm" of MCUboot, the "mark successful" of Android A/B updates;
+* every boot checks the SHA-256 of the bank it starts, and never starts an
+  image whose anti-rollback counter is below the stored one.
 """
 
 from __future__ import annotations
@@ -36,9 +41,11 @@ from ota_formats.uds import (
     DTC_IMAGE_INVALID,
     DTC_STATUS_RECORDED,
     NO_BANK,
+    ActivatePreviousStatus,
     BootResult,
     BootStatus,
     CheckMemoryStatus,
+    ConfirmStatus,
     DependencyStatus,
 )
 from ota_formats.vehicle import EcuSpec
@@ -58,6 +65,10 @@ class WrongBlockCounter(Exception):
 
 class NotAccepted(Exception):
     """The download cannot start in the present state (maps to NRC 0x70)."""
+
+
+class ConditionsNotCorrect(Exception):
+    """The operation is not possible in the present state (maps to NRC 0x22)."""
 
 
 @dataclass(frozen=True)
@@ -199,6 +210,11 @@ class Bootloader:
                 rec.banks[bank] = BankRecord()
                 rec.pending_bank = None
                 rec.boot_attempts = 0
+            elif rec.banks[bank].anti_rollback_counter < rec.anti_rollback_counter:
+                # 0xFF01 and 0xFF03 check this and a confirm waits for the trial boot, so
+                # only a record from elsewhere gets here: it must not open a downgrade.
+                rec.pending_bank = None
+                rec.boot_attempts = 0
             else:
                 while True:
                     rec.boot_attempts += 1
@@ -206,13 +222,12 @@ class Bootloader:
                     # Counted before the attempt, so a power cut during it still counts.
                     self.save()
                     if not self.faults.take_boot_failure():
-                        info = rec.banks[bank]
                         rec.active_bank = verified = bank
                         rec.pending_bank = None
                         rec.boot_attempts = 0
-                        rec.anti_rollback_counter = max(
-                            rec.anti_rollback_counter, info.anti_rollback_counter
-                        )
+                        # Runs on trial: the counter rises at the tester's confirm (0xFF02),
+                        # so the previous bank can still be activated again until then.
+                        rec.confirmed = False
                         self.faults.boot_concluded()
                         break
                     if rec.boot_attempts >= self.spec.timing.max_boot_attempts:
@@ -240,6 +255,8 @@ class Bootloader:
             ]
             if other:
                 rec.active_bank = other[0]
+                # A bank that starts in place of another is new to this role: confirm it anew.
+                rec.confirmed = False
                 app_valid = True
                 result = BootResult.ACTIVE_INVALID
                 self._mark_dtc(DTC_IMAGE_INVALID)
@@ -392,3 +409,47 @@ class Bootloader:
         self._transferred = None
         self._checked = None
         return DependencyStatus.ACCEPTED
+
+    # -- confirm and bank switch --------------------------------------------------------
+
+    def confirm_image(self) -> ConfirmStatus:
+        """Confirm the active image: the stored anti-rollback counter rises to its counter.
+
+        Idempotent. Raises :class:`ConditionsNotCorrect` while an image awaits its
+        trial boot: a confirm then could raise the counter above the pending image's.
+        """
+        rec = self.record
+        if rec.pending_bank is not None:
+            raise ConditionsNotCorrect("an image awaits its trial boot; reset first")
+        bank = rec.active_bank
+        if bank is None or rec.banks[bank].state != "valid":
+            return ConfirmStatus.NO_VALID_IMAGE
+        counter = max(rec.anti_rollback_counter, rec.banks[bank].anti_rollback_counter)
+        if rec.confirmed and rec.anti_rollback_counter == counter:
+            return ConfirmStatus.CONFIRMED
+        # Both in one record write: a power cut leaves both changed or neither.
+        rec.anti_rollback_counter = counter
+        rec.confirmed = True
+        self.save()
+        return ConfirmStatus.CONFIRMED
+
+    def activate_previous(self) -> ActivatePreviousStatus:
+        """Make the inactive bank's image pending, so that the next reset trial-boots it.
+
+        The active bank is left as it is: if the previous image fails its trial boot,
+        the usual revert boots the active bank again. Repeating the request is harmless.
+        """
+        rec = self.record
+        bank = self.inactive_bank
+        info = rec.banks[bank]
+        # Hashed now, not only at boot, so that the tester learns of a corrupt bank here
+        # rather than from a reset that quietly starts the same image again.
+        if not self._intact(bank):
+            return ActivatePreviousStatus.NO_VALID_IMAGE
+        if info.anti_rollback_counter < rec.anti_rollback_counter:
+            return ActivatePreviousStatus.ROLLBACK_REFUSED
+        if rec.pending_bank != bank:
+            rec.pending_bank = bank
+            rec.boot_attempts = 0
+            self.save()
+        return ActivatePreviousStatus.PENDING

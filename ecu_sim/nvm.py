@@ -3,7 +3,8 @@
 An ECU's NVM is a directory with three files:
 
 ``nvm.json``
-    Bank records, boot state, anti-rollback counter, DTCs, security lockout
+    Bank records, boot state, anti-rollback counter and whether the active
+    image is confirmed, DTCs, security lockout
     and written DIDs. Replaced atomically (temporary file, fsync, rename,
     fsync of the directory), so a crash leaves the old or the new record,
     never a torn one.
@@ -54,6 +55,11 @@ class NvmRecord:
     pending_bank: int | None = None
     boot_attempts: int = 0
     anti_rollback_counter: int = 0
+    """The lowest anti-rollback counter the bootloader accepts; raised only by a confirm."""
+    confirmed: bool = True
+    """Whether the active image has been confirmed (routine 0xFF02) since it became active.
+    Records written before this field existed raised the counter at boot: missing means
+    confirmed."""
     last_boot_result: int = 0
     boot_count: int = 0
     dtcs: dict[int, int] = field(default_factory=dict)

@@ -2,14 +2,28 @@
 
 The tester side of the harness. :class:`~gateway.diag.DiagChannel` gives a
 udsoncan client to one ECU over can-isotp on any python-can bus;
-:class:`~gateway.flasher.Flasher` runs the ISO 14229 reprogramming sequence;
+:class:`~gateway.flasher.Flasher` runs the ISO 14229 reprogramming sequence,
+confirms new images and switches an ECU back to its previous image;
 :class:`~gateway.backend.BackendClient` checks in with the OTA backend,
 verifies releases and downloads artifacts with resume.
 """
 
 from gateway.diag import DiagChannel
-from gateway.errors import DiagnosticError, DiagnosticTimeout, GatewayError, ImageRejected
-from gateway.flasher import Flasher, FlashFailure, FlashProgress, FlashResult, FlashStep
+from gateway.errors import (
+    DiagnosticError,
+    DiagnosticTimeout,
+    GatewayError,
+    ImageRejected,
+    RoutineRefused,
+)
+from gateway.flasher import (
+    Flasher,
+    FlashFailure,
+    FlashProgress,
+    FlashResult,
+    FlashStep,
+    RollbackResult,
+)
 
 __all__ = [
     "DiagChannel",
@@ -22,4 +36,6 @@ __all__ = [
     "Flasher",
     "GatewayError",
     "ImageRejected",
+    "RollbackResult",
+    "RoutineRefused",
 ]

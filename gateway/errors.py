@@ -21,6 +21,15 @@ class DiagnosticTimeout(DiagnosticError, TimeoutError):
         super().__init__(message, timeout=True)
 
 
+class RoutineRefused(DiagnosticError):
+    """A routine ran but its status record says it did not do what was asked."""
+
+    def __init__(self, message: str, *, routine: int, status: int) -> None:
+        super().__init__(message)
+        self.routine = routine
+        self.status = status
+
+
 class ImageRejected(GatewayError, ValueError):
     """An image is unsuitable for the target before anything is sent."""
 

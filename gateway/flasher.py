@@ -16,11 +16,19 @@
     31 01 FF 01               check programming dependencies (signature, hw, anti-rollback)
     11 01                     reset: the ECU tries its new image
     22 F1 89 / F1 A0          the ECU runs the new version?
+    10 03, 27 01 / 27 02      extended session, security access   } unless
+    31 01 FF 02               confirm image: anti-rollback rises  } confirm=False
     functional 28 80 01, 85 81, 10 81   restore the vehicle
 
 A functional TesterPresent (3E 80) keeps every ECU in its session meanwhile.
 The result says which step failed and why (NRC, timeout, status record) and
 what the ECU runs afterwards. Clock and sleep are injected.
+
+A new image runs on trial until it is confirmed: until then the ECU keeps its
+stored anti-rollback counter, and :meth:`Flasher.activate_previous` can switch
+it back to the image of its other bank. A multi-ECU update flashes with
+``confirm=False`` and confirms every ECU (:meth:`Flasher.confirm_image`) only
+once all of them run their new images.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import NoReturn, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -40,16 +48,18 @@ from udsoncan import MemoryLocation, services
 from udsoncan.client import Client
 
 from gateway.diag import DiagChannel, FunctionalRefused, nrc_name
-from gateway.errors import DiagnosticError
+from gateway.errors import DiagnosticError, DiagnosticTimeout, RoutineRefused
 from ota_formats import ImageFormatError, OtaFormatError, parse_image
 from ota_formats.uds import (
     ADDRESS_AND_LENGTH_FORMAT,
     APP_ADDRESS,
     DID_SIZES,
     NO_BANK,
+    ActivatePreviousStatus,
     BootResult,
     BootStatus,
     CheckMemoryStatus,
+    ConfirmStatus,
     DependencyStatus,
     Did,
     PreconditionFlags,
@@ -82,6 +92,8 @@ class FlashStep(StrEnum):
     CHECK_DEPENDENCIES = "check dependencies"
     RESET = "reset"
     VERIFY = "verify"
+    CONFIRM = "confirm"
+    """Only with ``confirm=True``: the ECU raises its anti-rollback counter to the new image's."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,8 @@ class FlashFailure:
     timeout: bool = False
     status: int | None = None
     """The routine status record byte, when a routine reported the failure."""
+    aborted: bool = False
+    """The flash was stopped because ``should_abort`` gave a reason."""
 
     def __str__(self) -> str:
         return f"{self.step}: {self.reason}"
@@ -125,6 +139,8 @@ class FlashResult:
     transfer_s: float = 0.0
     step_durations_s: dict[FlashStep, float] = field(default_factory=dict)
     retries: int = 0
+    confirmed: bool = False
+    """Whether the ECU confirmed the new image (its anti-rollback counter rose)."""
 
     @property
     def throughput_bps(self) -> float:
@@ -146,6 +162,8 @@ class FlashResult:
             return "flashed"
         failure = self.failure
         assert failure is not None
+        if failure.aborted:
+            return "aborted"
         if failure.step == FlashStep.CHECK_DEPENDENCIES and failure.status is not None:
             return "refused by ECU"
         if failure.step == FlashStep.CHECK_IMAGE:
@@ -160,6 +178,22 @@ class FlashResult:
         return f"failed: {failure.step}"
 
 
+@dataclass(frozen=True)
+class RollbackResult:
+    """The outcome of :meth:`Flasher.activate_previous`."""
+
+    ecu: str
+    ok: bool
+    """The ECU runs the image of the bank that was inactive, booted fine, nothing pending."""
+    version_before: str | None
+    version_after: str | None
+    """What the ECU runs afterwards; ``None`` when it did not answer."""
+    boot_status_after: BootStatus | None
+    reason: str
+    """Why it did not work; empty when ``ok``."""
+    duration_s: float
+
+
 class _StepFailed(Exception):
     def __init__(self, failure: FlashFailure) -> None:
         super().__init__(str(failure))
@@ -167,6 +201,8 @@ class _StepFailed(Exception):
 
 
 ProgressCallback = Callable[[FlashProgress], None]
+AbortCheck = Callable[[], str | None]
+"""Returns a reason to stop the flash, or ``None`` to go on."""
 
 
 def bcd_date(day: datetime.date) -> bytes:
@@ -175,7 +211,16 @@ def bcd_date(day: datetime.date) -> bytes:
 
 
 class Flasher:
-    """Flashes signed images into one ECU over a :class:`~gateway.diag.DiagChannel`."""
+    """Flashes signed images into one ECU over a :class:`~gateway.diag.DiagChannel`.
+
+    With ``confirm`` (the default) a flash ends by confirming the new image, which
+    raises the ECU's anti-rollback counter; without it the image stays on trial.
+    ``should_abort`` is asked at the start of every step and after every
+    TransferData block; a reason fails the flash there (``FlashFailure.aborted``)
+    and the usual recovery runs. Once the ECU has accepted the image (from the
+    reset step on), leaving the programming session boots it on trial whatever
+    happens: ``version_after`` says what runs.
+    """
 
     def __init__(
         self,
@@ -190,6 +235,8 @@ class Flasher:
         check_compatibility: bool = True,
         trust_anchors: Sequence[Ed25519PublicKey] | None = None,
         functional_listen_s: float | None = None,
+        confirm: bool = True,
+        should_abort: AbortCheck | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         today: Callable[[], datetime.date] = datetime.date.today,
@@ -206,6 +253,8 @@ class Flasher:
         self.check_compatibility = check_compatibility
         self.trust_anchors = None if trust_anchors is None else list(trust_anchors)
         self.functional_listen_s = functional_listen_s
+        self.confirm = confirm
+        self.should_abort = should_abort
         self.clock = clock
         self.sleep = sleep
         self.today = today
@@ -275,6 +324,96 @@ class Flasher:
                 self._restore(result)
             result.duration_s = self.clock() - started
         return result
+
+    def confirm_image(self) -> None:
+        """Confirm the image the ECU runs (routine 0xFF02): its anti-rollback counter rises.
+
+        Extended session, security access 0x01, the routine, then the default session
+        again. Confirming an image that is already confirmed is harmless. Raises
+        :class:`~gateway.errors.DiagnosticError` (a :class:`~gateway.errors.RoutineRefused`
+        for a status other than confirmed) saying which request failed.
+        """
+        try:
+            status = self._secure_routine(Routine.CONFIRM_IMAGE)
+            if status != ConfirmStatus.CONFIRMED:
+                raise RoutineRefused(
+                    f"the ECU did not confirm: {_status_text(ConfirmStatus, status)}",
+                    routine=Routine.CONFIRM_IMAGE,
+                    status=status,
+                )
+        except DiagnosticError as exc:
+            raise _in_context(exc, f"{self.ecu}: confirm image") from exc
+        finally:
+            self._default_session()
+
+    def activate_previous(self) -> RollbackResult:
+        """Switch the ECU back to the image of its other bank and restart it.
+
+        Extended session, security access 0x01, routine 0xFF03, hard reset; then wait
+        for the boot and read what runs. The image booted this way runs on trial
+        (unconfirmed), and the bank it replaces stays valid. Never raises for ECU-side
+        failures: the result says what happened.
+        """
+        started = self.clock()
+        version_before: str | None = None
+        version_after: str | None = None
+        status_after: BootStatus | None = None
+        active_before = NO_BANK
+        reason = ""
+        try:
+            try:
+                version_before, _hardware, status_before = self.read_identity()
+            except DiagnosticError as exc:
+                raise _in_context(exc, "reading the identity") from exc
+            active_before = status_before.active_bank
+            status = self._secure_routine(Routine.ACTIVATE_PREVIOUS)
+            if status != ActivatePreviousStatus.PENDING:
+                raise RoutineRefused(
+                    "the ECU refused to activate its previous image: "
+                    + _status_text(ActivatePreviousStatus, status),
+                    routine=Routine.ACTIVATE_PREVIOUS,
+                    status=status,
+                )
+            try:
+                self.channel.call(lambda c: c.ecu_reset(services.ECUReset.ResetType.hardReset))
+            except DiagnosticError as exc:
+                if not exc.timeout:
+                    raise _in_context(exc, "ECU reset") from exc
+                # The reply may be lost while the reset happened: the boot status will tell.
+            version_after, status_after = self._await_boot(FlashStep.VERIFY)
+        except DiagnosticError as exc:
+            reason = str(exc)
+        except _StepFailed as failed:
+            reason = failed.failure.reason
+        if reason and status_after is None:
+            # Leave the session and say what runs (and whether a bank is left pending).
+            self._default_session()
+            try:
+                version_after, _hardware, status_after = self.read_identity()
+            except DiagnosticError:
+                pass
+        if not reason:
+            assert status_after is not None
+            switched = (
+                status_after.active_bank not in (active_before, NO_BANK)
+                and status_after.last_boot_result == BootResult.OK
+                and status_after.pending_bank == NO_BANK
+            )
+            if not switched:
+                reason = (
+                    f"ECU runs {version_after!r} from bank {bank_name(status_after.active_bank)} "
+                    f"after reset, expected the image of the other bank "
+                    f"({describe_boot(status_after)})"
+                )
+        return RollbackResult(
+            ecu=self.ecu,
+            ok=not reason,
+            version_before=version_before,
+            version_after=version_after,
+            boot_status_after=status_after,
+            reason=reason,
+            duration_s=self.clock() - started,
+        )
 
     # -- the sequence -----------------------------------------------------------------------
 
@@ -370,6 +509,7 @@ class Flasher:
             self._transfer_block(result, counter, chunk)
             counter = (counter + 1) & 0xFF
             self._report(FlashStep.TRANSFER, min(offset + block, total), total)
+            self._check_abort(FlashStep.TRANSFER)
         result.transfer_s = self.clock() - transfer_started
 
         self._step(result, FlashStep.TRANSFER_EXIT, total)
@@ -423,6 +563,26 @@ class Flasher:
                 f"({describe_boot(status_after)})",
             )
         self._report(FlashStep.VERIFY, total, total)
+
+        if not self.confirm:
+            return
+        self._step(result, FlashStep.CONFIRM, total)
+        try:
+            status = self._secure_routine(Routine.CONFIRM_IMAGE)
+        except DiagnosticError as exc:
+            raise self._failure(FlashStep.CONFIRM, exc) from exc
+        if status != ConfirmStatus.CONFIRMED:
+            self._fail(
+                FlashStep.CONFIRM,
+                f"the ECU did not confirm the image: {_status_text(ConfirmStatus, status)}",
+                status,
+            )
+        result.confirmed = True
+        try:
+            # The counter rose: the result reports the boot status as the ECU keeps it.
+            _version, _hardware, result.boot_status_after = self.read_identity()
+        except DiagnosticError:
+            pass  # confirmed all the same; the status read at VERIFY stands
 
     def _transfer_block(self, result: FlashResult, counter: int, chunk: bytes) -> None:
         first_timeout: DiagnosticError | None = None
@@ -495,6 +655,7 @@ class Flasher:
         """After a failure: restart the ECU out of its bootloader and record what it runs."""
         if result.failure is not None and result.failure.step not in (
             FlashStep.VERIFY,
+            FlashStep.CONFIRM,
             FlashStep.IDENTIFY,
             FlashStep.EXTENDED_SESSION,
             FlashStep.PRECONDITIONS,
@@ -532,6 +693,44 @@ class Flasher:
             return self.functional_listen_s
         return self.channel.ecu.timing.p2_ms / 1000
 
+    def _secure_routine(self, routine: int) -> int:
+        """Run ``routine`` in the extended session at security level 0x01; return its status.
+
+        Raises :class:`DiagnosticError` naming the request that failed.
+        """
+        requests: tuple[tuple[str, Callable[[Client], object]], ...] = (
+            ("extended session", lambda c: c.change_session(Session.EXTENDED)),
+            ("security access", lambda c: c.unlock_security_access(SecurityLevel.EXTENDED)),
+        )
+        for what, action in requests:
+            try:
+                self.channel.call(action)
+            except DiagnosticError as exc:
+                raise _in_context(exc, what) from exc
+        name = f"routine 0x{routine:04X}"
+        try:
+            reply = self.channel.call(lambda c: c.start_routine(routine))
+        except DiagnosticError as exc:
+            raise _in_context(exc, name) from exc
+        record = reply.service_data.routine_status_record if reply is not None else None
+        if not record:
+            raise DiagnosticError(f"{name} returned no status record")
+        return int(record[0])
+
+    def _default_session(self) -> None:
+        """Back to the default session, as far as the ECU answers (a clean-up step)."""
+        try:
+            self.channel.call(lambda c: c.change_session(Session.DEFAULT))
+        except DiagnosticError:
+            pass
+
+    def _check_abort(self, step: FlashStep) -> None:
+        if self.should_abort is None:
+            return
+        reason = self.should_abort()
+        if reason is not None:
+            raise _StepFailed(FlashFailure(step, f"aborted: {reason}", aborted=True))
+
     def _routine(self, step: FlashStep, routine: int, record: bytes = b"") -> int:
         reply = self._call(step, lambda c: c.start_routine(routine, data=record))
         status_record = reply.service_data.routine_status_record if reply is not None else None
@@ -557,6 +756,7 @@ class Flasher:
         self._current = None if step is None else (step, now)
         if step is not None:
             self._report(step, self._sent, total)
+            self._check_abort(step)
 
     def _report(self, step: FlashStep, sent: int, total: int) -> None:
         self._sent = sent
@@ -588,6 +788,25 @@ class Flasher:
                 pass
 
 
+def _status_text(kind: type[IntEnum], status: int) -> str:
+    """Name a routine status record byte, e.g. ``rollback refused (status 0x02)``."""
+    try:
+        name = kind(status).name.lower().replace("_", " ")
+    except ValueError:
+        name = "unknown status"
+    return f"{name} (status 0x{status:02X})"
+
+
+def _in_context(exc: DiagnosticError, context: str) -> DiagnosticError:
+    """Return the same failure, its message prefixed with ``context`` (raise it ``from``)."""
+    message = f"{context}: {exc}"
+    if exc.timeout:
+        return DiagnosticTimeout(message)
+    if isinstance(exc, RoutineRefused):
+        return RoutineRefused(message, routine=exc.routine, status=exc.status)
+    return DiagnosticError(message, nrc=exc.nrc)
+
+
 def describe_boot(status: BootStatus | None) -> str:
     """Explain a boot status record in words."""
     if status is None:
@@ -612,6 +831,7 @@ __all__ = [
     "FlashResult",
     "FlashStep",
     "Flasher",
+    "RollbackResult",
     "bcd_date",
     "describe_boot",
     "nrc_name",

@@ -75,6 +75,10 @@ class Routine(IntEnum):
     CHECK_PRECONDITIONS = 0x0203
     ERASE_MEMORY = 0xFF00
     CHECK_DEPENDENCIES = 0xFF01
+    CONFIRM_IMAGE = 0xFF02
+    """Raise the stored anti-rollback counter to the active image's and mark it confirmed."""
+    ACTIVATE_PREVIOUS = 0xFF03
+    """Make the image of the inactive bank pending: the next reset trial-boots it."""
 
 
 class CheckMemoryStatus(IntEnum):
@@ -92,6 +96,26 @@ class DependencyStatus(IntEnum):
     HARDWARE_MISMATCH = 0x02
     ROLLBACK_REFUSED = 0x03
     IMAGE_INVALID = 0x04
+
+
+class ConfirmStatus(IntEnum):
+    """Routine status record of 0xFF02 (confirm image)."""
+
+    CONFIRMED = 0x00
+    """The active image is confirmed (also when it already was)."""
+    NO_VALID_IMAGE = 0x01
+    """No valid application is active: there is nothing to confirm."""
+
+
+class ActivatePreviousStatus(IntEnum):
+    """Routine status record of 0xFF03 (activate previous image)."""
+
+    PENDING = 0x00
+    """The inactive bank's image is pending: the next reset trial-boots it."""
+    NO_VALID_IMAGE = 0x01
+    """The inactive bank holds no valid image."""
+    ROLLBACK_REFUSED = 0x02
+    """The inactive bank's anti-rollback counter is below the stored counter."""
 
 
 class PreconditionFlags(IntFlag):

@@ -210,6 +210,44 @@ class SigningSpec(_Model):
         return value
 
 
+class PreconditionSpec(_Model):
+    """One condition on a live restbus signal that must hold while the gateway updates ECUs."""
+
+    signal: str = Field(min_length=1)
+    """The DBC signal, e.g. ``ECM_VehicleSpeed``."""
+    label: str = ""
+    """What to call it in reports; the signal name by default."""
+    min: float | None = None
+    max: float | None = None
+    equals: float | str | None = None
+    """A number, or a name of the signal's value table (e.g. ``"On"``)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> PreconditionSpec:
+        if self.min is None and self.max is None and self.equals is None:
+            raise ValueError(f"precondition on {self.signal}: give min, max or equals")
+        if self.equals is not None and (self.min is not None or self.max is not None):
+            raise ValueError(f"precondition on {self.signal}: equals excludes min and max")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"precondition on {self.signal}: min is above max")
+        return self
+
+    @property
+    def name(self) -> str:
+        """The label, or the signal name."""
+        return self.label or self.signal
+
+
+class UpdateSpec(_Model):
+    """How the vehicle's gateway runs an update (the ``[update]`` table)."""
+
+    preconditions: tuple[PreconditionSpec, ...] = Field(default=(), alias="precondition")
+    signal_max_age_ms: int = Field(default=1000, ge=10)
+    """A signal older than this does not count as holding its condition."""
+    precondition_timeout_s: float = Field(default=3600.0, gt=0)
+    """How long a deployment waits for its preconditions before it fails."""
+
+
 class VehicleSpec(_Model):
     """A whole vehicle description."""
 
@@ -221,6 +259,7 @@ class VehicleSpec(_Model):
     can: CanSpec = CanSpec()
     signing: SigningSpec
     ecus: tuple[EcuSpec, ...] = Field(alias="ecu", min_length=1)
+    update: UpdateSpec = UpdateSpec()
 
     _source: Path | None = PrivateAttr(default=None)
 

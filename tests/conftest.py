@@ -6,13 +6,15 @@ import itertools
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import can
 import can.interfaces.virtual
 import pytest
-from helpers import RawTester
+from can_remote import RemoteServer
+from helpers import RawTester, wait_for
 
 from ecu_sim import SimulatedVehicle, demo_vehicle
 from gateway import DiagChannel
@@ -246,3 +248,16 @@ def client(backend):
     channel = grpc.insecure_channel(f"127.0.0.1:{backend.port}")
     yield Client(channel)
     channel.close()
+
+
+@pytest.fixture
+def remote(channel: str) -> Iterator[str]:
+    """python-can-remote's server on a free loopback port, sharing this test's virtual channel."""
+    server = RemoteServer("127.0.0.1", 0, interface="virtual", channel=channel)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"ws://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+    wait_for(lambda: channel not in can.interfaces.virtual.channels, timeout=5)

@@ -138,21 +138,23 @@ class Unlocked:
     secret: bytes
 
 
-class HilEcuRun:
-    """``hil ecu run ARGS`` in a child process, started and serving (output merged, kept)."""
+class HilRun:
+    """``hil ARGS`` in a child process (output merged, kept); waits for ``ready`` if given."""
 
-    def __init__(self, *args: str, timeout: float = 30) -> None:
+    def __init__(self, *args: str, ready: str | None = None, timeout: float = 30) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "hil", "ecu", "run", *args],
+            [sys.executable, "-m", "hil", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
+        self.command = " ".join(["hil", *args[:2]])
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        self.wait_for_line("serving", timeout)
+        if ready is not None:
+            self.wait_for_line(ready, timeout)
 
     @property
     def text(self) -> str:
@@ -169,7 +171,7 @@ class HilEcuRun:
             try:
                 line = self.lines.get(timeout=timeout)
             except queue.Empty:
-                raise AssertionError(f"no {text!r} from hil ecu run: {self.text}") from None
+                raise AssertionError(f"no {text!r} from {self.command}: {self.text}") from None
             if text in line:
                 return
 
@@ -184,3 +186,10 @@ class HilEcuRun:
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+
+class HilEcuRun(HilRun):
+    """``hil ecu run ARGS`` in a child process, started and serving."""
+
+    def __init__(self, *args: str, timeout: float = 30) -> None:
+        super().__init__("ecu", "run", *args, ready="serving", timeout=timeout)

@@ -143,6 +143,27 @@ def test_flash_and_diag_on_the_simulated_vehicle(capsys, tmp_path, demo):
     assert "check dependencies" in out and "rollback refused" in out and "runs now: 2.5.0" in out
 
 
+def test_flash_no_confirm_leaves_the_new_image_on_trial(capsys, tmp_path, demo):
+    image = tmp_path / "ecm.img"
+    image.write_bytes(make_image(demo.ecu("ecm"), "2.5.0", 3, size=8000))
+    state = str(tmp_path / "state")
+    flash = ("flash", "--sim", "--state-dir", state, "--ecu", "ecm")
+    code, out, _ = run(capsys, *flash, "--no-confirm", str(image))
+    assert code == 0, out
+    assert "ecm: flashed 2.5.0 (1.0.0 -> 2.5.0)" in out
+    assert "not confirmed" in out
+    code, out, _ = run(capsys, "diag", "--sim", "--state-dir", state, "--ecu", "ecm", "info")
+    assert code == 0 and "2.5.0" in out and "anti-rollback 1" in out
+    # The counter was not raised: an image of a lower counter still goes in (and is confirmed).
+    image.write_bytes(make_image(demo.ecu("ecm"), "2.0.0", 2, size=8000))
+    code, out, _ = run(capsys, *flash, str(image))
+    assert code == 0, out
+    assert "ecm: flashed 2.0.0 (2.5.0 -> 2.0.0)" in out
+    assert "not confirmed" not in out
+    code, out, _ = run(capsys, "diag", "--sim", "--state-dir", state, "--ecu", "ecm", "info")
+    assert code == 0 and "anti-rollback 2" in out
+
+
 def test_flash_refuses_an_untrusted_image_unless_told_not_to_verify(capsys, tmp_path, demo):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -203,10 +224,3 @@ def test_ecu_run_stops_cleanly_on_signals(tmp_path, signum):
     assert "stopped" in ecus.text
     assert "Traceback" not in ecus.text
     assert (tmp_path / "ecm" / "nvm.json").exists()
-
-
-def test_demo(capsys):
-    code, out, _ = run(capsys, "demo", "--no-progress")
-    assert code == 0, out
-    assert "every outcome as expected" in out
-    assert out.count("flashed") >= 3

@@ -10,8 +10,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from helpers import make_image, wait_for
 
-from gateway import Flasher, FlashStep
-from ota_formats.uds import DTC_BOOT_REVERTED, BootResult, Session
+from gateway import DiagnosticError, DiagnosticTimeout, Flasher, FlashStep, RoutineRefused
+from ota_formats.uds import DTC_BOOT_REVERTED, NO_BANK, BootResult, Session
 
 
 def flash(world, ecu: str, image: bytes, **options):
@@ -30,8 +30,11 @@ def test_full_sequence_classic_and_fd(request, make_world, vehicle_fixture):
     assert (result.version_before, result.version_after) == ("1.0.0", "2.0.0")
     assert result.boot_status_after is not None
     assert result.boot_status_after.active_bank == 1
+    # Confirmed by default: the counter rose, and the result reports it as the ECU keeps it.
+    assert result.confirmed
     assert result.boot_status_after.anti_rollback_counter == 2
     assert world.vehicle.ecu("ecm").version == "2.0.0"
+    assert world.vehicle.ecu("ecm").server.boot.record.confirmed
     assert list(dict.fromkeys(steps)) == list(FlashStep)
     diag = [m for m in frames if m.arbitration_id in (0x7E0, 0x7E8)]
     if spec.can.fd:
@@ -275,3 +278,224 @@ def test_tester_refuses_an_untrusted_image_before_touching_the_ecu(world):
     assert not [m for m in frames if m.arbitration_id in (0x7E0, 0x7DF)]
     good = flash(world, "ecm", make_image(ecm), trust_anchors=world.spec.trust_anchor_keys())
     assert good.ok, good.failure
+
+
+def record(world, ecu: str = "ecm"):
+    return world.vehicle.ecu(ecu).server.boot.record
+
+
+def test_flash_without_confirm_leaves_the_image_on_trial(world):
+    ecm = world.spec.ecu("ecm")
+    steps: list[FlashStep] = []
+    result = flash(
+        world,
+        "ecm",
+        make_image(ecm, "2.0.0", 5),
+        confirm=False,
+        on_progress=lambda p: steps.append(p.step),
+    )
+    assert result.ok, result.failure
+    assert not result.confirmed
+    assert FlashStep.CONFIRM not in steps and steps[-1] == FlashStep.VERIFY
+    assert result.boot_status_after.anti_rollback_counter == 1
+    assert (record(world).confirmed, record(world).anti_rollback_counter) == (False, 1)
+    # The counter was not raised: the previous version's image is still accepted.
+    back = flash(world, "ecm", make_image(ecm, "1.0.1", 1), confirm=False)
+    assert back.ok, back.failure
+    assert back.version_after == "1.0.1"
+
+
+def test_confirm_image_raises_the_counter_and_refuses_a_downgrade(world):
+    ecm = world.spec.ecu("ecm")
+    assert flash(world, "ecm", make_image(ecm, "2.0.0", 5), confirm=False).ok
+    flasher = Flasher(world.diag("ecm"))
+    flasher.confirm_image()
+    assert (record(world).confirmed, record(world).anti_rollback_counter) == (True, 5)
+    assert world.vehicle.ecu("ecm").session == Session.DEFAULT
+    flasher.confirm_image()  # idempotent
+    assert record(world).anti_rollback_counter == 5
+    result = flash(world, "ecm", make_image(ecm, "1.0.1", 1), check_compatibility=False)
+    assert result.failure.step == FlashStep.CHECK_DEPENDENCIES
+    assert "rollback refused" in result.failure.reason
+
+
+def test_confirm_image_reports_a_negative_response(world):
+    world.vehicle.ecu("ecm").faults.force_nrc(0x31, 0x22, count=1)
+    with pytest.raises(DiagnosticError) as caught:
+        Flasher(world.diag("ecm")).confirm_image()
+    assert caught.value.nrc == 0x22
+    assert "ecm: confirm image: routine 0xFF02: negative response 0x22" in str(caught.value)
+    assert world.vehicle.ecu("ecm").session == Session.DEFAULT
+
+
+def test_confirm_image_reports_a_timeout(world):
+    world.vehicle.ecu("ecm").faults.drop_responses(1, service=0x27)
+    with pytest.raises(DiagnosticTimeout, match="confirm image: security access: no response"):
+        Flasher(world.diag("ecm")).confirm_image()
+
+
+def test_confirm_image_without_a_valid_image_is_refused(world):
+    ecm = world.vehicle.ecu("ecm")
+    ecm.power_off()
+    (world.state_dir / "ecm" / "bank_a.bin").write_bytes(b"garbage")
+    ecm.power_on()
+    assert wait_for(lambda: not ecm.server.is_booting())
+    with pytest.raises(RoutineRefused, match="no valid image \\(status 0x01\\)") as caught:
+        Flasher(world.diag("ecm")).confirm_image()
+    assert (caught.value.routine, caught.value.status) == (0xFF02, 0x01)
+
+
+def test_confirm_step_failure_is_reported_at_confirm(world):
+    armed: list[bool] = []
+
+    def progress(event) -> None:
+        # The next RoutineControl, the confirm's, gets 0x72.
+        if event.step == FlashStep.CONFIRM and not armed:
+            armed.append(True)
+            world.vehicle.ecu("ecm").faults.force_nrc(0x31, 0x72, count=1)
+
+    result = flash(
+        world, "ecm", make_image(world.spec.ecu("ecm"), "2.0.0", 5), on_progress=progress
+    )
+    assert not result.ok
+    assert result.failure.step == FlashStep.CONFIRM and result.failure.nrc == 0x72
+    assert not result.confirmed
+    # The new image runs, on trial; nothing was reset to recover.
+    assert result.version_after == "2.0.0"
+    assert (record(world).confirmed, record(world).anti_rollback_counter) == (False, 1)
+
+
+def test_activate_previous_after_an_unconfirmed_update(world):
+    ecm = world.spec.ecu("ecm")
+    assert flash(world, "ecm", make_image(ecm, "2.0.0", 5), confirm=False).ok
+    flasher = Flasher(world.diag("ecm"))
+    result = flasher.activate_previous()
+    assert result.ok, result.reason
+    assert (result.ecu, result.reason) == ("ecm", "")
+    assert (result.version_before, result.version_after) == ("2.0.0", "1.0.0")
+    status = result.boot_status_after
+    assert (status.active_bank, status.pending_bank) == (0, NO_BANK)
+    assert status.last_boot_result == BootResult.OK
+    assert status.anti_rollback_counter == 1
+    assert result.duration_s > 0
+    rec = record(world)
+    assert not rec.confirmed
+    assert (rec.banks[1].state, rec.banks[1].version) == ("valid", "2.0.0")
+    # And forward again: the newer bank stayed valid.
+    forward = flasher.activate_previous()
+    assert forward.ok, forward.reason
+    assert (forward.version_before, forward.version_after) == ("1.0.0", "2.0.0")
+    assert forward.boot_status_after.active_bank == 1
+
+
+def test_activate_previous_refused_after_a_confirm(world):
+    ecm = world.spec.ecu("ecm")
+    assert flash(world, "ecm", make_image(ecm, "2.0.0", 5)).ok
+    result = Flasher(world.diag("ecm")).activate_previous()
+    assert not result.ok
+    assert "rollback refused (status 0x02)" in result.reason
+    assert (result.version_before, result.version_after) == ("2.0.0", "2.0.0")
+    assert result.boot_status_after.active_bank == 1
+    assert result.boot_status_after.pending_bank == NO_BANK
+    assert world.vehicle.ecu("ecm").session == Session.DEFAULT
+
+
+def test_activate_previous_without_a_previous_image(world):
+    result = Flasher(world.diag("ecm")).activate_previous()
+    assert not result.ok
+    assert "no valid image (status 0x01)" in result.reason
+    assert result.version_after == "1.0.0"
+    assert result.boot_status_after.active_bank == 0
+
+
+def test_activate_previous_whose_image_fails_to_boot(world):
+    ecm = world.spec.ecu("ecm")
+    assert flash(world, "ecm", make_image(ecm, "2.0.0", 5), confirm=False).ok
+    world.vehicle.ecu("ecm").faults.fail_boot()
+    result = Flasher(world.diag("ecm")).activate_previous()
+    assert not result.ok
+    assert "failed its trial boot" in result.reason
+    assert result.version_after == "2.0.0"
+    assert result.boot_status_after.last_boot_result == BootResult.REVERTED
+
+
+def test_activate_previous_when_the_ecu_stays_silent(world):
+    world.vehicle.ecu("ecm").faults.drop_responses(None)
+    result = Flasher(world.diag("ecm")).activate_previous()
+    assert not result.ok
+    assert "no response" in result.reason
+    assert (result.version_before, result.version_after, result.boot_status_after) == (
+        None,
+        None,
+        None,
+    )
+
+
+def test_should_abort_during_the_transfer(world):
+    ecm = world.spec.ecu("ecm")
+    frames = world.sniff()
+    progress: list = []
+
+    def should_abort() -> str | None:
+        started = any(p.step == FlashStep.TRANSFER and p.bytes_sent > 0 for p in progress)
+        return "ignition off" if started else None
+
+    result = flash(
+        world,
+        "ecm",
+        make_image(ecm, "2.0.0", 5, size=40_000),
+        on_progress=progress.append,
+        should_abort=should_abort,
+    )
+    assert not result.ok
+    assert result.failure.step == FlashStep.TRANSFER
+    assert result.failure.aborted
+    assert result.failure.reason == "aborted: ignition off"
+    assert result.short_outcome == "aborted"
+    # Exactly one TransferData block went out (a first frame of 0x36 on the request id).
+    blocks = [
+        m for m in frames if m.arbitration_id == 0x7E0 and m.data[0] >> 4 == 1 and m.data[2] == 0x36
+    ]
+    assert len(blocks) == 1
+    # The ECU was restarted out of its bootloader and runs its old image.
+    assert result.version_after == "1.0.0"
+    assert world.vehicle.ecu("ecm").version == "1.0.0"
+    rec = record(world)
+    assert (rec.active_bank, rec.pending_bank, rec.anti_rollback_counter) == (0, None, 1)
+    assert rec.banks[1].state == "erased"
+    assert wait_for(lambda: world.vehicle.ecu("bms").session == Session.DEFAULT)
+    # And the vehicle got its communication back.
+    sent = [bytes(m.data[1:4]) for m in list(frames) if m.arbitration_id == 0x7DF]
+    assert b"\x28\x80\x01" in sent
+
+
+@pytest.mark.parametrize(
+    ("step", "version_after"),
+    [
+        (FlashStep.CHECK_IMAGE, None),
+        (FlashStep.PRECONDITIONS, "1.0.0"),
+        (FlashStep.ERASE, "1.0.0"),
+        (FlashStep.CONFIRM, "2.0.0"),
+    ],
+)
+def test_should_abort_at_the_start_of_a_step(world, step, version_after):
+    ecm = world.spec.ecu("ecm")
+    current: list[FlashStep] = []
+    asked: list[FlashStep] = []
+
+    def should_abort() -> str | None:
+        asked.append(current[-1])
+        return "operator" if current[-1] == step else None
+
+    result = flash(
+        world,
+        "ecm",
+        make_image(ecm, "2.0.0", 5),
+        on_progress=lambda p: current.append(p.step),
+        should_abort=should_abort,
+    )
+    assert result.failure.step == step and result.failure.aborted
+    assert result.version_after == version_after
+    assert asked[-1] == step
+    assert not result.confirmed
+    assert record(world).anti_rollback_counter == 1

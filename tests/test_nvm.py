@@ -43,6 +43,20 @@ def test_round_trip(tmp_path):
     assert Nvm(tmp_path).load() == record
 
 
+def test_record_without_the_confirmed_flag_reads_as_confirmed(tmp_path):
+    import json
+
+    nvm = Nvm(tmp_path)
+    nvm.save(NvmRecord(confirmed=False, anti_rollback_counter=3))
+    assert Nvm(tmp_path).load().confirmed is False
+    # A record written before the flag existed: its counter was raised at boot.
+    data = json.loads((tmp_path / "nvm.json").read_text())
+    del data["confirmed"]
+    (tmp_path / "nvm.json").write_text(json.dumps(data))
+    loaded = Nvm(tmp_path).load()
+    assert (loaded.confirmed, loaded.anti_rollback_counter) == (True, 3)
+
+
 def test_garbage_record_is_an_error(tmp_path):
     (tmp_path / "nvm.json").write_text("{not json")
     with pytest.raises(NvmError, match="not a valid NVM record"):

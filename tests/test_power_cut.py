@@ -16,7 +16,6 @@ from pathlib import Path
 
 import can
 import pytest
-from can_remote import RemoteServer
 from helpers import HilEcuRun, make_image, wait_for
 
 from ecu_sim.nvm import Nvm
@@ -31,19 +30,6 @@ def ecu_process(url: str, state_dir: Path, *faults: str) -> HilEcuRun:
     for fault in faults:
         args += ["--fault", fault]
     return HilEcuRun(*args)
-
-
-@pytest.fixture
-def remote(channel: str) -> Iterator[str]:
-    """python-can-remote's server on a free loopback port, sharing this test's virtual channel."""
-    server = RemoteServer("127.0.0.1", 0, interface="virtual", channel=channel)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"ws://127.0.0.1:{server.server_port}/"
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
-    wait_for(lambda: channel not in can.interfaces.virtual.channels, timeout=5)
 
 
 @pytest.fixture
@@ -76,6 +62,7 @@ PHASES = [
     (FlashStep.CHECK_DEPENDENCIES, 0, (), {"1.0.0", "2.0.0"}),
     (FlashStep.RESET, 0, (), {"2.0.0"}),
     (FlashStep.VERIFY, 0, (), {"2.0.0"}),
+    (FlashStep.CONFIRM, 0, (), {"2.0.0"}),
 ]
 
 

@@ -16,7 +16,9 @@ from ecu_sim.uds.server import UdsServer
 from ota_formats.uds import (
     DTC_BOOT_REVERTED,
     DTC_IMAGE_INVALID,
+    ActivatePreviousStatus,
     BootResult,
+    ConfirmStatus,
     security_key,
 )
 
@@ -81,6 +83,21 @@ class Ecu:
     def reset(self) -> None:
         assert self.one("1101") == "5101"
         self.clock.advance(1.0)
+
+    def secured_routine(self, rid: int) -> str:
+        """Start routine ``rid`` in the extended session at level 01; return the reply."""
+        if self.server.session == 0x02:
+            assert self.send("1081") == []
+            self.clock.advance(1.0)
+        assert self.one("1003").startswith("5003")
+        self.unlock(0x01)
+        return self.one(f"3101{rid:04x}")
+
+    def confirm(self) -> str:
+        return self.secured_routine(0xFF02)
+
+    def activate_previous(self) -> str:
+        return self.secured_routine(0xFF03)
 
     def power_cycle(self) -> None:
         self.server.power_off()
@@ -188,17 +205,230 @@ def test_short_operation_needs_no_response_pending(demo, tmp_path):
     assert e.poll() == ["7101ff0000"]
 
 
-def test_new_image_boots_on_trial_and_commits(ecu):
+def test_new_image_boots_on_trial_unconfirmed_until_the_confirm(ecu):
     image = make_image(ecu.spec, "2.0.0", 7)
     assert ecu.program(image) == "7101ff0100"
     assert ecu.server.boot.record.pending_bank == 1
+    assert ecu.server.boot.record.confirmed
     assert ecu.one("22f189").startswith("62f189" + b"1.0.0".hex())
     ecu.reset()
     rec = ecu.server.boot.record
-    assert (rec.active_bank, rec.pending_bank, rec.anti_rollback_counter) == (1, None, 7)
+    # Active, but on trial: the stored counter has not moved.
+    assert (rec.active_bank, rec.pending_bank, rec.anti_rollback_counter) == (1, None, 1)
+    assert not rec.confirmed
+    assert ecu.one("22f1a0") == "62f1a0" + "01ff00" + "00000001" + "00"
     assert ecu.one("22f189").startswith("62f189" + b"2.0.0".hex())
     # The previous image is kept in bank A.
     assert rec.banks[0].state == "valid" and rec.banks[0].version == "1.0.0"
+    assert ecu.confirm() == "7101ff0200"
+    rec = ecu.server.boot.record
+    assert (rec.anti_rollback_counter, rec.confirmed) == (7, True)
+    assert ecu.one("22f1a0") == "62f1a0" + "01ff00" + "00000007" + "00"
+    stored = Nvm(ecu.directory).load()
+    assert (stored.anti_rollback_counter, stored.confirmed) == (7, True)
+    assert ecu.one("3103ff02") == "7103ff0200"
+
+
+def test_confirm_is_idempotent_and_writes_nothing_the_second_time(ecu, monkeypatch):
+    assert ecu.program(make_image(ecu.spec, "2.0.0", 7)) == "7101ff0100"
+    ecu.reset()
+    assert ecu.confirm() == "7101ff0200"
+    saves = []
+    monkeypatch.setattr(Nvm, "save", lambda self, record: saves.append(record))
+    assert ecu.one("3101ff02") == "7101ff0200"
+    assert saves == []
+    assert ecu.server.boot.record.anti_rollback_counter == 7
+
+
+def test_factory_image_is_confirmed(ecu):
+    assert ecu.server.boot.record.confirmed
+    assert ecu.confirm() == "7101ff02" + f"{ConfirmStatus.CONFIRMED:02x}"
+    assert ecu.server.boot.record.anti_rollback_counter == 1
+
+
+def test_confirm_without_a_valid_image(ecu):
+    (ecu.directory / "bank_a.bin").write_bytes(b"garbage")
+    ecu.power_cycle()
+    assert ecu.server.last_boot.result == BootResult.NO_VALID_IMAGE
+    assert ecu.confirm() == "7101ff02" + f"{ConfirmStatus.NO_VALID_IMAGE:02x}"
+
+
+def test_confirm_waits_while_an_image_awaits_its_trial_boot(ecu):
+    assert ecu.program(make_image(ecu.spec, "2.0.0", 7)) == "7101ff0100"
+    # Still in the programming session at level 11: the routine is there, conditions are not.
+    assert ecu.one("3101ff02") == "7f3122"
+    assert ecu.server.boot.record.anti_rollback_counter == 1
+
+
+def test_unconfirmed_update_does_not_block_the_previous_version(ecu):
+    assert ecu.program(make_image(ecu.spec, "2.0.0", 7)) == "7101ff0100"
+    ecu.reset()
+    assert ecu.program(make_image(ecu.spec, "1.0.1", 1)) == "7101ff0100"
+    ecu.reset()
+    assert ecu.one("22f189").startswith("62f189" + b"1.0.1".hex())
+
+
+def test_confirm_makes_a_downgrade_refused(ecu):
+    assert ecu.program(make_image(ecu.spec, "2.0.0", 7)) == "7101ff0100"
+    ecu.reset()
+    assert ecu.confirm() == "7101ff0200"
+    assert ecu.program(make_image(ecu.spec, "1.0.1", 1)) == "7101ff0103"
+    assert ecu.program(make_image(ecu.spec, "2.0.1", 7)) == "7101ff0100"
+
+
+def test_activate_previous_after_an_unconfirmed_update(ecu):
+    assert ecu.program(make_image(ecu.spec, "2.0.0", 7)) == "7101ff0100"
+    ecu.reset()
+    assert ecu.activate_previous() == "7101ff03" + f"{ActivatePreviousStatus.PENDING:02x}"
+    assert ecu.server.boot.record.pending_bank == 0
+    # A repeat (say, after a lost reply) changes nothing.
+    assert ecu.one("3101ff03") == "7101ff0300"
+    ecu.reset()
+    rec = ecu.server.boot.record
+    assert (rec.active_bank, rec.pending_bank, rec.anti_rollback_counter) == (0, None, 1)
+    assert rec.last_boot_result == BootResult.OK and not rec.confirmed
+    assert ecu.one("22f189").startswith("62f189" + b"1.0.0".hex())
+    # The newer image stays valid in its bank: it can be activated again.
+    assert (rec.banks[1].state, rec.banks[1].version) == ("valid", "2.0.0")
+    assert ecu.activate_previous() == "7101ff0300"
+    ecu.reset()
+    assert ecu.server.boot.record.active_bank == 1
+    assert ecu.one("22f189").startswith("62f189" + b"2.0.0".hex())
+
+
+def test_activate_previous_works_in_the_programming_session(ecu):
+    assert ecu.program(make_image(ecu.spec, "2.0.0", 7)) == "7101ff0100"
+    ecu.reset()
+    ecu.one("1003")
+    ecu.one("1002")
+    ecu.unlock(0x11)
+    assert ecu.one("3101ff03") == "7101ff0300"
+    assert ecu.send("1081") == []  # leaving programming restarts: bank A boots on trial
+    ecu.clock.advance(1.0)
+    assert ecu.server.boot.record.active_bank == 0
+    ecu.one("1003")
+    ecu.one("1002")
+    ecu.unlock(0x11)
+    assert ecu.one("3101ff02") == "7101ff0200"
+    assert ecu.server.boot.record.confirmed
+
+
+def test_activate_previous_refused_after_a_confirm_of_a_higher_counter(ecu):
+    assert ecu.program(make_image(ecu.spec, "2.0.0", 7)) == "7101ff0100"
+    ecu.reset()
+    assert ecu.confirm() == "7101ff0200"
+    assert ecu.activate_previous() == "7101ff03" + f"{ActivatePreviousStatus.ROLLBACK_REFUSED:02x}"
+    assert ecu.server.boot.record.pending_bank is None
+    ecu.reset()
+    assert ecu.one("22f189").startswith("62f189" + b"2.0.0".hex())
+
+
+def test_activate_previous_with_an_equal_counter_after_a_confirm(ecu):
+    assert ecu.program(make_image(ecu.spec, "1.0.1", 1)) == "7101ff0100"
+    ecu.reset()
+    assert ecu.confirm() == "7101ff0200"
+    assert ecu.activate_previous() == "7101ff0300"
+    ecu.reset()
+    assert ecu.one("22f189").startswith("62f189" + b"1.0.0".hex())
+
+
+def test_activate_previous_without_a_previous_image(ecu):
+    assert ecu.server.boot.record.banks[1].state == "erased"
+    assert ecu.activate_previous() == "7101ff03" + f"{ActivatePreviousStatus.NO_VALID_IMAGE:02x}"
+    assert ecu.server.boot.record.pending_bank is None
+
+
+def test_activate_previous_refuses_a_corrupt_previous_bank(ecu):
+    assert ecu.program(make_image(ecu.spec, "2.0.0", 7)) == "7101ff0100"
+    ecu.reset()
+    bank_a = ecu.directory / "bank_a.bin"
+    data = bytearray(bank_a.read_bytes())
+    data[100] ^= 0x01
+    bank_a.write_bytes(bytes(data))
+    assert ecu.activate_previous() == "7101ff0301"
+    assert ecu.server.boot.record.pending_bank is None
+
+
+def test_activate_previous_that_fails_its_trial_boot_reverts(ecu):
+    assert ecu.program(make_image(ecu.spec, "2.0.0", 7)) == "7101ff0100"
+    ecu.reset()
+    ecu.faults.fail_boot()
+    assert ecu.activate_previous() == "7101ff0300"
+    ecu.reset()
+    assert ecu.server.last_boot.attempts == ecu.spec.timing.max_boot_attempts
+    rec = ecu.server.boot.record
+    assert rec.last_boot_result == BootResult.REVERTED
+    assert (rec.active_bank, rec.pending_bank) == (1, None)
+    assert rec.banks[0].state == "rejected"
+    assert ecu.one("22f189").startswith("62f189" + b"2.0.0".hex())
+
+
+class PowerLost(BaseException):
+    """Raised where the supply drops: nothing after it runs, nothing in memory survives."""
+
+
+@pytest.mark.parametrize(
+    "cut",
+    ["before first write", "after first write", "during the attempt", "before last write"],
+)
+def test_power_cut_during_the_boot_after_activate_previous(ecu, monkeypatch, cut):
+    assert ecu.program(make_image(ecu.spec, "2.0.0", 7)) == "7101ff0100"
+    ecu.reset()
+    assert ecu.activate_previous() == "7101ff0300"
+    original = Nvm.save
+    writes = []
+
+    def save(self, record):
+        writes.append(1)
+        if cut == "before first write" or (cut == "before last write" and len(writes) == 2):
+            raise PowerLost(cut)
+        original(self, record)
+        if cut == "after first write":
+            raise PowerLost(cut)
+
+    def attempt() -> bool:
+        raise PowerLost(cut)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Nvm, "save", save)
+        if cut == "during the attempt":
+            patch.setattr(ecu.faults, "take_boot_failure", attempt)
+        with pytest.raises(PowerLost):
+            ecu.reset()
+    # Power comes back: a fresh ECU on the same NVM boots a valid image, the previous one.
+    fresh = Ecu(ecu.spec, ecu.vehicle, ecu.directory)
+    assert fresh.server.app_valid
+    assert fresh.server.last_boot.result == BootResult.OK
+    rec = fresh.server.boot.record
+    assert (rec.active_bank, rec.pending_bank, rec.boot_attempts) == (0, None, 0)
+    assert fresh.one("22f189").startswith("62f189" + b"1.0.0".hex())
+    assert (rec.banks[1].state, rec.banks[1].version) == ("valid", "2.0.0")
+
+
+def test_a_pending_image_below_the_stored_counter_is_never_started(ecu):
+    assert ecu.program(make_image(ecu.spec, "2.0.0", 7)) == "7101ff0100"
+    ecu.reset()
+    assert ecu.confirm() == "7101ff0200"
+    # A record that no routine would write: bank A (counter 1) pending below the counter 7.
+    ecu.server.boot.record.pending_bank = 0
+    ecu.server.boot.save()
+    ecu.power_cycle()
+    rec = ecu.server.boot.record
+    assert (rec.active_bank, rec.pending_bank, rec.anti_rollback_counter) == (1, None, 7)
+    assert ecu.one("22f189").startswith("62f189" + b"2.0.0".hex())
+
+
+def test_old_record_without_the_confirmed_flag_loads_confirmed(ecu):
+    import json
+
+    ecu.server.power_off()
+    path = ecu.directory / "nvm.json"
+    data = json.loads(path.read_text())
+    del data["confirmed"]
+    path.write_text(json.dumps(data))
+    again = Ecu(ecu.spec, ecu.vehicle, ecu.directory)
+    assert again.server.boot.record.confirmed
+    assert again.server.app_valid
 
 
 def test_boot_failures_revert_after_the_limit(ecu):
@@ -256,6 +486,7 @@ def test_corrupt_active_bank_boots_the_other_valid_bank(ecu):
 def test_fallback_to_an_older_bank_obeys_anti_rollback(ecu):
     assert ecu.program(make_image(ecu.spec, "2.0.0", 7)) == "7101ff0100"
     ecu.reset()
+    assert ecu.confirm() == "7101ff0200"
     bank_b = ecu.directory / "bank_b.bin"
     bank_b.write_bytes(bank_b.read_bytes()[:-1] + b"\x00")
     ecu.power_cycle()
@@ -361,6 +592,7 @@ def test_erasing_the_pending_bank_clears_pending(ecu):
 def test_downgrade_equal_counter_is_accepted(ecu):
     assert ecu.program(make_image(ecu.spec, "2.0.0", 7)) == "7101ff0100"
     ecu.reset()
+    assert ecu.confirm() == "7101ff0200"
     assert ecu.program(make_image(ecu.spec, "1.9.0", 6)) == "7101ff0103"
     assert ecu.program(make_image(ecu.spec, "2.0.1", 7)) == "7101ff0100"
 

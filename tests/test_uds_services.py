@@ -151,6 +151,23 @@ CASES = [
     ("programming_unlocked", "3101 0202 0000", "7f3113"),
     ("programming_unlocked", "3101 ff01", "7f3124"),
     ("programming_unlocked", "3101 ff01 00", "7f3113"),
+    # confirm image (FF02), activate previous image (FF03): extended at 01, programming at 11
+    ("default", "3101 ff02", "7f317f"),
+    ("default", "3101 ff03", "7f317f"),
+    ("extended", "3101 ff02", "7f3133"),
+    ("extended", "3101 ff03", "7f3133"),
+    ("extended", "3101 ff02 00", "7f3133"),
+    ("programming", "3101 ff02", "7f3133"),
+    ("programming", "3101 ff03", "7f3133"),
+    ("extended_unlocked", "3101 ff04", "7f3131"),
+    ("extended_unlocked", "3101 ff02 00", "7f3113"),
+    ("extended_unlocked", "3101 ff03 0000", "7f3113"),
+    ("extended_unlocked", "3103 ff02", "7f3124"),
+    ("extended_unlocked", "3101 ff02", "7101ff0200"),
+    ("extended_unlocked", "3101 ff03", "7101ff0301"),
+    ("programming_unlocked", "3101 ff02 00", "7f3113"),
+    ("programming_unlocked", "3101 ff02", "7101ff0200"),
+    ("programming_unlocked", "3101 ff03", "7101ff0301"),
     # -- RequestDownload / TransferData / RequestTransferExit
     ("programming_unlocked", "3400", "7f3413"),
     ("programming_unlocked", "340044 00010000", "7f3413"),
@@ -314,9 +331,15 @@ def test_full_download_sequence_and_transfer_details(world):
     assert t.ask("22f1a0") == "62f1a000010000000001" + "00"
     assert t.ask("1101") == "5101"
     assert wait_for(lambda: t.request("3e00", timeout=0.05) == [bytes.fromhex("7e00")])
+    # The new image runs on trial: the stored anti-rollback counter is still 1 ...
     assert t.ask("22f189f1a0") == (
-        "62f189" + b"2.0.0".hex() + "20" * 11 + "f1a0" + "01ff000000000200"
+        "62f189" + b"2.0.0".hex() + "20" * 11 + "f1a0" + "01ff000000000100"
     )
+    # ... until the tester confirms it.
+    enter(t, "extended_unlocked")
+    assert t.ask("3101ff02") == "7101ff0200"
+    assert t.ask("3103ff02") == "7103ff0200"
+    assert t.ask("22f1a0") == "62f1a0" + "01ff000000000200"
 
 
 def test_low_voltage_and_write_failure_during_transfer(world, monkeypatch):

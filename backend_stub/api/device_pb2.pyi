@@ -119,7 +119,7 @@ class EcuProgress(_message.Message):
     def __init__(self, ecu: _Optional[str] = ..., state: _Optional[str] = ..., step: _Optional[str] = ..., reason: _Optional[str] = ..., from_version: _Optional[str] = ..., to_version: _Optional[str] = ...) -> None: ...
 
 class ReportDeploymentRequest(_message.Message):
-    __slots__ = ("vin", "deployment_id", "report_id", "state", "progress_pct", "ecus", "failure_step", "failure_reason", "inventory")
+    __slots__ = ("vin", "deployment_id", "report_id", "state", "progress_pct", "ecus", "failure_step", "failure_reason", "inventory", "detail")
     VIN_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     REPORT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +129,7 @@ class ReportDeploymentRequest(_message.Message):
     FAILURE_STEP_FIELD_NUMBER: _ClassVar[int]
     FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
     INVENTORY_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     vin: str
     deployment_id: str
     report_id: str
@@ -138,7 +139,8 @@ class ReportDeploymentRequest(_message.Message):
     failure_step: str
     failure_reason: str
     inventory: _containers.RepeatedCompositeFieldContainer[_common_pb2.EcuInfo]
-    def __init__(self, vin: _Optional[str] = ..., deployment_id: _Optional[str] = ..., report_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.ActionState, str]] = ..., progress_pct: _Optional[int] = ..., ecus: _Optional[_Iterable[_Union[EcuProgress, _Mapping]]] = ..., failure_step: _Optional[str] = ..., failure_reason: _Optional[str] = ..., inventory: _Optional[_Iterable[_Union[_common_pb2.EcuInfo, _Mapping]]] = ...) -> None: ...
+    detail: str
+    def __init__(self, vin: _Optional[str] = ..., deployment_id: _Optional[str] = ..., report_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.ActionState, str]] = ..., progress_pct: _Optional[int] = ..., ecus: _Optional[_Iterable[_Union[EcuProgress, _Mapping]]] = ..., failure_step: _Optional[str] = ..., failure_reason: _Optional[str] = ..., inventory: _Optional[_Iterable[_Union[_common_pb2.EcuInfo, _Mapping]]] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class ReportDeploymentResponse(_message.Message):
     __slots__ = ("state", "duplicate")

@@ -43,6 +43,12 @@ def add_subparser(subparsers: Any) -> None:
         help="send the image even if it does not verify against the vehicle's trust anchors "
         "(to test the ECU's own refusal)",
     )
+    parser.add_argument(
+        "--no-confirm",
+        action="store_true",
+        help="leave the new image on trial: the anti-rollback counter is not raised and the "
+        "previous image can be activated again",
+    )
     add_vehicle_option(parser)
     add_sim_options(parser)
     add_bus_options(parser)
@@ -90,6 +96,11 @@ def print_result(result: FlashResult, console: Console) -> None:
             f"({result.version_before} -> {result.version_after}) "
             f"in {result.duration_s:.2f} s, {result.throughput_bps / 1024:.1f} KiB/s transfer"
         )
+        if not result.confirmed:
+            console.print(
+                "  not confirmed: the new image runs on trial, the anti-rollback counter "
+                "was not raised"
+            )
         return
     console.print(f"{result.ecu}: [red]FAILED[/red] at {result.failure}")
     after = result.version_after if result.version_after is not None else "unknown (no answer)"
@@ -115,6 +126,7 @@ def run_flash(args: argparse.Namespace) -> int:
             channel,
             trust_anchors=None if args.no_verify else vehicle.trust_anchor_keys(),
             check_compatibility=not args.no_verify,
+            confirm=not args.no_confirm,
         )
         result = flash_with_progress(flasher, image, console, show)
     print_result(result, console)

@@ -1,14 +1,14 @@
-"""RoutineControl (0x31): erase, check memory, check dependencies, check preconditions."""
+"""RoutineControl (0x31): the programming routines, confirm image and activate previous."""
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from udsoncan import Request, services
 
-from ecu_sim.flash import OutOfRange, SequenceError
+from ecu_sim.flash import ConditionsNotCorrect, OutOfRange, SequenceError
 from ecu_sim.uds.server import (
     NON_DEFAULT_SESSIONS,
     NegativeResponse,
@@ -21,13 +21,22 @@ from ecu_sim.uds.server import (
 from ota_formats.uds import ADDRESS_AND_LENGTH_FORMAT, Routine, SecurityLevel, Session
 
 _CONTROL = services.RoutineControl.ControlType
-_PROGRAMMING = frozenset({Session.PROGRAMMING})
+
+# Where a routine may run: each session it is available in, with the security level it needs.
+_PROGRAMMING_UNLOCKED: Mapping[Session, int | None] = {
+    Session.PROGRAMMING: SecurityLevel.PROGRAMMING
+}
+_NON_DEFAULT_UNLOCKED: Mapping[Session, int | None] = {
+    Session.EXTENDED: SecurityLevel.EXTENDED,
+    Session.PROGRAMMING: SecurityLevel.PROGRAMMING,
+}
+_NON_DEFAULT_OPEN: Mapping[Session, int | None] = dict.fromkeys(NON_DEFAULT_SESSIONS)
 
 
 @dataclass(frozen=True)
 class _RoutineRule:
-    sessions: frozenset[Session]
-    security: int | None
+    security: Mapping[Session, int | None]
+    """The sessions the routine is available in, each with the level it needs (or ``None``)."""
     record_size: int
     start: Callable[[UdsServer, bytes], bytes | Pending]
 
@@ -65,13 +74,24 @@ def _check_preconditions(server: UdsServer, record: bytes) -> bytes:
     return bytes([server.preconditions()])
 
 
+def _confirm_image(server: UdsServer, record: bytes) -> bytes:
+    try:
+        return bytes([server.boot.confirm_image()])
+    except ConditionsNotCorrect as exc:
+        raise NegativeResponse(Nrc.CONDITIONS_NOT_CORRECT, str(exc)) from exc
+
+
+def _activate_previous(server: UdsServer, record: bytes) -> bytes:
+    return bytes([server.boot.activate_previous()])
+
+
 ROUTINES: dict[int, _RoutineRule] = {
-    Routine.ERASE_MEMORY: _RoutineRule(_PROGRAMMING, SecurityLevel.PROGRAMMING, 9, _erase),
-    Routine.CHECK_MEMORY: _RoutineRule(_PROGRAMMING, SecurityLevel.PROGRAMMING, 4, _check_memory),
-    Routine.CHECK_DEPENDENCIES: _RoutineRule(
-        _PROGRAMMING, SecurityLevel.PROGRAMMING, 0, _check_dependencies
-    ),
-    Routine.CHECK_PRECONDITIONS: _RoutineRule(NON_DEFAULT_SESSIONS, None, 0, _check_preconditions),
+    Routine.ERASE_MEMORY: _RoutineRule(_PROGRAMMING_UNLOCKED, 9, _erase),
+    Routine.CHECK_MEMORY: _RoutineRule(_PROGRAMMING_UNLOCKED, 4, _check_memory),
+    Routine.CHECK_DEPENDENCIES: _RoutineRule(_PROGRAMMING_UNLOCKED, 0, _check_dependencies),
+    Routine.CHECK_PRECONDITIONS: _RoutineRule(_NON_DEFAULT_OPEN, 0, _check_preconditions),
+    Routine.CONFIRM_IMAGE: _RoutineRule(_NON_DEFAULT_UNLOCKED, 0, _confirm_image),
+    Routine.ACTIVATE_PREVIOUS: _RoutineRule(_NON_DEFAULT_UNLOCKED, 0, _activate_previous),
 }
 
 
@@ -93,9 +113,10 @@ class RoutineControl(ServiceHandler):
         control = request.subfunction
         rid = int.from_bytes(payload[2:4], "big")
         rule = ROUTINES.get(rid)
-        if rule is None or server.session not in rule.sessions:
+        if rule is None or server.session not in rule.security:
             raise NegativeResponse(Nrc.REQUEST_OUT_OF_RANGE, f"routine 0x{rid:04X}")
-        if rule.security is not None and not server.unlocked(rule.security):
+        level = rule.security[server.session]
+        if level is not None and not server.unlocked(level):
             raise NegativeResponse(Nrc.SECURITY_ACCESS_DENIED)
         echo = bytes([control]) + payload[2:4]
         if control == _CONTROL.requestRoutineResults:
