@@ -210,6 +210,7 @@ class BackendClient:
         failure_reason: str = "",
         ecus: Sequence[dict[str, str]] = (),
         inventory: Sequence[EcuInventory] = (),
+        detail: str = "",
     ) -> tuple[str, bool]:
         """Report on a deployment until acknowledged; return (state after, duplicate)."""
         request = device_pb2.ReportDeploymentRequest(
@@ -222,6 +223,7 @@ class BackendClient:
             failure_reason=failure_reason,
             ecus=[device_pb2.EcuProgress(**e) for e in ecus],
             inventory=[e.to_pb() for e in inventory],
+            detail=detail,
         )
         reply = self._unary("report", self._device.ReportDeployment, request)
         return _state_name(reply.state), bool(reply.duplicate)

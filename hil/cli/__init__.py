@@ -18,13 +18,25 @@ from backend_stub.errors import BackendError
 from ecu_sim.errors import EcuSimError
 from gateway.errors import GatewayError
 from hil import __version__
-from hil.cli import backend, campaign, demo, diag, ecu, flash, image, pki, release, vehicles
+from hil.cli import (
+    backend,
+    campaign,
+    demo,
+    diag,
+    ecu,
+    flash,
+    gateway,
+    image,
+    pki,
+    release,
+    vehicles,
+)
 from hil.errors import HilError
 from ota_formats.errors import OtaFormatError
 
 EXIT_USAGE = 2
 
-SUBCOMMANDS = (demo, ecu, flash, image, diag, pki, backend, release, vehicles, campaign)
+SUBCOMMANDS = (demo, ecu, flash, image, diag, gateway, pki, backend, release, vehicles, campaign)
 
 
 class _Parser(argparse.ArgumentParser):
