@@ -629,11 +629,19 @@ class Flasher:
                 )
             if reply is not None:
                 self.sleep(self.boot_probe_s)
-        try:
-            version, _hw, status = self.read_identity()
-        except DiagnosticError as exc:
-            raise self._failure(step, exc, "reading the version after reset") from exc
-        return version, status
+        attempt = 0
+        while True:
+            try:
+                version, _hw, status = self.read_identity()
+                return version, status
+            except DiagnosticError as exc:
+                # On a slow link (a remote bus) the reply to an earlier probe can arrive
+                # late and be taken for this request's reply: ask again.
+                if exc.nrc is None and not exc.timeout and attempt < 2:
+                    attempt += 1
+                    self.sleep(self.boot_probe_s)
+                    continue
+                raise self._failure(step, exc, "reading the version after reset") from exc
 
     def _restore(self, result: FlashResult) -> None:
         """Put the vehicle back: communication and DTC setting on, default sessions."""

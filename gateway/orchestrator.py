@@ -370,8 +370,10 @@ class UpdateOrchestrator:
             except GatewayError as exc:
                 raise _Failed("check release", f"{entry.ecu}: cannot read it: {exc}") from exc
             inventory = reading.inventory
-            hardware = {entry.hardware_id, *entry.compatible_hardware_ids}
-            if inventory.hardware_id not in hardware:
+            # The image header names one hardware id, and both the flasher and the ECU
+            # (0xFF01) refuse any other: a wider compatible_hardware_ids list must not let
+            # an image through here that would only fail mid-update, after other ECUs.
+            if inventory.hardware_id != entry.hardware_id:
                 raise _Failed(
                     "check release",
                     f"{entry.ecu}: the image is for hardware {entry.hardware_id!r}, "
