@@ -418,6 +418,13 @@ class WireWorld:
             if self.start_gateways:
                 for vin in self.vehicles:
                     self.start_gateway(vin)
+                # A campaign targets registered vehicles only: return once each one is.
+                deadline = time.monotonic() + CALL_TIMEOUT_S
+                for vin, vehicle in self.vehicles.items():
+                    while vehicle.gateway is None or not vehicle.gateway.registered:
+                        if vehicle.errors or time.monotonic() > deadline:
+                            raise TimeoutError(f"the gateway of {vin} did not register")
+                        time.sleep(0.01)
         except BaseException:
             self.close()
             raise
