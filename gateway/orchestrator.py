@@ -163,20 +163,26 @@ class _Failed(Exception):
 class Reporter:
     """Sends a deployment's reports in order on a thread of its own.
 
-    Progress reports of the same state replace one another while queued, so a
-    slow or absent backend costs the flash nothing; state changes are never
-    dropped. :meth:`flush` waits for the queue to drain.
+    Progress reports of the same state replace one another while queued, and
+    go out at most every ``progress_interval_s``, so neither a slow backend nor
+    a fast flash turns into a stream of writes; state changes are never
+    dropped or delayed. :meth:`flush` sends what is queued without waiting.
     """
 
-    def __init__(self, backend: DeploymentSource, deployment_id: str) -> None:
+    def __init__(
+        self, backend: DeploymentSource, deployment_id: str, *, progress_interval_s: float = 1.0
+    ) -> None:
         self.backend = backend
         self.deployment_id = deployment_id
+        self.progress_interval_s = progress_interval_s
         self.canceled = False
         self.sent = 0
         self._queue: deque[tuple[str, dict[str, Any], bool]] = deque()
         self._cond = threading.Condition()
         self._busy = False
         self._closed = False
+        self._hurry = 0
+        self._last_progress = -float("inf")
         self._thread = threading.Thread(target=self._run, name="gateway-reporter", daemon=True)
         self._thread.start()
 
@@ -192,11 +198,16 @@ class Reporter:
         """Wait until every queued report was sent (or given up); ``False`` on timeout."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._cond:
-            while self._queue or self._busy:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
+            self._hurry += 1
+            self._cond.notify_all()
+            try:
+                while self._queue or self._busy:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+            finally:
+                self._hurry -= 1
         return True
 
     def close(self) -> None:
@@ -213,7 +224,20 @@ class Reporter:
                     self._cond.wait()
                 if not self._queue:
                     return
-                state, fields, _ = self._queue.popleft()
+                state, fields, coalesce = self._queue[0]
+                wait = self._last_progress + self.progress_interval_s - time.monotonic()
+                if (
+                    coalesce
+                    and wait > 0
+                    and len(self._queue) == 1
+                    and not (self._hurry or self._closed)
+                ):
+                    # A newer progress report may replace this one meanwhile.
+                    self._cond.wait(wait)
+                    continue
+                self._queue.popleft()
+                if coalesce:
+                    self._last_progress = time.monotonic()
                 self._busy = True
             try:
                 self.backend.report(self.deployment_id, state, **fields)
@@ -744,7 +768,7 @@ class UpdateOrchestrator:
         if not record.final_report_id:
             record.final_report_id = uuid.uuid4().hex
             self.store.save(state)
-        inventory = self._inventory()
+        inventory = self.inventory()
         reporter.flush(30.0)
         started = self.clock()
         acknowledged = True
@@ -798,7 +822,7 @@ class UpdateOrchestrator:
                 "failed",
                 failure_step=step,
                 failure_reason=reason,
-                inventory=self._inventory(),
+                inventory=self.inventory(),
             )
         except (BackendUnavailable, BackendRefused) as exc:
             log.warning("report on %s: %s", deployment_id, exc)
@@ -851,13 +875,14 @@ class UpdateOrchestrator:
         except OSError:
             return 0
 
-    def _inventory(self) -> list[EcuInventory]:
+    def inventory(self) -> list[EcuInventory]:
+        """Read every ECU's identification (ECUs that do not answer are left out)."""
         readings: list[EcuInventory] = []
         for port in self.ecus.values():
             try:
                 readings.append(port.read().inventory)
             except GatewayError as exc:
-                log.warning("inventory of %s: %s", port.name, exc)
+                self._event(f"inventory: {port.name} did not answer: {exc}")
         return readings
 
     @staticmethod

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.backend import BackendClient, Backoff, EcuInventory
 from gateway.diag import DiagChannel
-from gateway.errors import BackendRefused, BackendUnavailable, GatewayError
+from gateway.errors import BackendRefused, BackendUnavailable
 from gateway.flasher import Flasher, FlashProgress, FlashResult, RollbackResult
 from gateway.inventory import EcuReading, read_ecu
 from gateway.orchestrator import DeploymentOutcome, UpdateOrchestrator
@@ -209,14 +209,8 @@ class Gateway:
     # ---------------------------------------------------------------- steps
     def read_inventory(self) -> list[EcuInventory]:
         """Read every ECU's identification and boot status (unreadable ECUs are left out)."""
-        readings: list[EcuInventory] = []
-        for port in self.ports.values():
-            try:
-                readings.append(port.read().inventory)
-            except GatewayError as exc:
-                self._event(f"inventory: {port.name} did not answer: {exc}")
-        self.last_inventory = readings
-        return readings
+        self.last_inventory = self.orchestrator.inventory()
+        return self.last_inventory
 
     def start(self) -> None:
         """Read the inventory, register with the backend, and finish an interrupted deployment."""

@@ -18,7 +18,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,19 @@ def signed_image(
     )
 
 
+def upload_requests(
+    data: bytes, filename: str, chunk_size: int = UPLOAD_CHUNK
+) -> Iterator[update_pb2.UploadArtifactRequest]:
+    """Return the UploadArtifact request stream for ``data``: the header, then the chunks."""
+    yield update_pb2.UploadArtifactRequest(
+        header=update_pb2.ArtifactHeader(
+            size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), filename=filename
+        )
+    )
+    for start in range(0, len(data), chunk_size):
+        yield update_pb2.UploadArtifactRequest(data=data[start : start + chunk_size])
+
+
 def _state(value: int, enum: Any = common_pb2.ActionState) -> str:
     name: str = enum.Name(value)
     return name.split("_STATE_", 1)[-1].lower()
@@ -95,19 +108,9 @@ class Operator:
 
     def upload(self, data: bytes, filename: str = "image.bin") -> str:
         """Upload an artifact; return its SHA-256."""
-
-        def messages() -> Iterable[update_pb2.UploadArtifactRequest]:
-            yield update_pb2.UploadArtifactRequest(
-                header=update_pb2.ArtifactHeader(
-                    size_bytes=len(data),
-                    sha256=hashlib.sha256(data).hexdigest(),
-                    filename=filename,
-                )
-            )
-            for start in range(0, len(data), UPLOAD_CHUNK):
-                yield update_pb2.UploadArtifactRequest(data=data[start : start + UPLOAD_CHUNK])
-
-        artifact = self.update.UploadArtifact(messages(), timeout=CALL_TIMEOUT_S)
+        artifact = self.update.UploadArtifact(
+            upload_requests(data, filename), timeout=CALL_TIMEOUT_S
+        )
         return str(artifact.sha256)
 
     def create_release(
@@ -483,4 +486,5 @@ __all__ = [
     "action_state",
     "payload",
     "signed_image",
+    "upload_requests",
 ]

@@ -225,3 +225,31 @@ def test_gateway_cli_refuses_bad_arguments(args, message, capsys) -> None:
     assert err.startswith("error: ")
     assert message in err
     assert len(err.splitlines()) == 1
+
+
+class RecordingBackend:
+    def __init__(self) -> None:
+        self.reports: list[tuple[str, dict]] = []
+
+    def report(self, deployment_id: str, state: str, **fields) -> tuple[str, bool]:
+        self.reports.append((state, fields))
+        return state, False
+
+
+def test_reporter_coalesces_and_paces_progress_but_never_delays_a_state_change() -> None:
+    from gateway.orchestrator import Reporter
+
+    backend = RecordingBackend()
+    reporter = Reporter(backend, "dep-1", progress_interval_s=60.0)
+    try:
+        for pct in range(100):
+            reporter.post("installing", coalesce=True, progress_pct=pct)
+        reporter.post("installing", detail="ecm flashed", progress_pct=100)
+        # The state change goes out at once, behind at most the newest pending progress.
+        assert wait_for(lambda: any(f.get("detail") for _, f in backend.reports), timeout=10)
+    finally:
+        reporter.close()
+    progress = [f["progress_pct"] for _, f in backend.reports if "detail" not in f]
+    assert len(progress) <= 2
+    assert progress[-1] == 99
+    assert backend.reports[-1][1]["detail"] == "ecm flashed"

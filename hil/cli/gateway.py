@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from backend_stub.errors import PkiError
 from backend_stub.pki import load_pki
+from backend_stub.server import is_loopback
 from gateway.backend import Backoff
 from gateway.tcu import Gateway
 from hil.cli._backend import DEFAULT_BACKEND
@@ -92,11 +93,6 @@ def add_subparser(subparsers: Any) -> None:
     run.set_defaults(run=run_gateway)
 
 
-def _is_loopback(address: str) -> bool:
-    host = address.rpartition(":")[0].strip("[]")
-    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
-
-
 def _release_key(path: Path) -> Ed25519PublicKey:
     try:
         return load_public_key(path)
@@ -118,7 +114,7 @@ def _channel(args: argparse.Namespace, vin: str) -> tuple[grpc.Channel, Ed25519P
         return grpc.secure_channel(args.backend, credentials), _release_key(key_path)
     if not args.insecure:
         raise UsageError("give --tls-dir DIR (the vehicle's certificate) or --insecure")
-    if not _is_loopback(args.backend):
+    if not is_loopback(args.backend.rpartition(":")[0].strip("[]")):
         raise UsageError(f"--insecure is for a backend on loopback, not {args.backend}")
     if args.release_key is None:
         raise UsageError("--insecure needs --release-key FILE (the backend's release public key)")

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from hil.cli._backend import (
     print_json,
 )
 from hil.errors import UsageError
+from scenarios.wire import upload_requests
 
 CHUNK_BYTES = 256 * 1024
 
@@ -69,16 +68,6 @@ def _pairs(values: list[str], what: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def _upload_messages(path: Path, data: bytes) -> Iterator[update_pb2.UploadArtifactRequest]:
-    yield update_pb2.UploadArtifactRequest(
-        header=update_pb2.ArtifactHeader(
-            size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), filename=path.name
-        )
-    )
-    for start in range(0, len(data), CHUNK_BYTES):
-        yield update_pb2.UploadArtifactRequest(data=data[start : start + CHUNK_BYTES])
-
-
 def run_create(args: argparse.Namespace) -> int:
     """Upload the images and create the release."""
     images = _pairs(args.image, "--image")
@@ -94,7 +83,7 @@ def run_create(args: argparse.Namespace) -> int:
         entries = []
         for ecu, path, data in files:
             artifact = stubs.update.UploadArtifact(
-                _upload_messages(path, data), timeout=CALL_TIMEOUT_S
+                upload_requests(data, path.name, CHUNK_BYTES), timeout=CALL_TIMEOUT_S
             )
             entries.append(
                 update_pb2.ReleaseImage(
