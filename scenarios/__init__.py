@@ -1,4 +1,8 @@
 """SimPy scenarios for flashing, rollback and fleet campaigns.
 
-Not built yet: this package reserves its place in the layout.
+:mod:`scenarios.core` holds the framework (time modes, event log, checks),
+:mod:`scenarios.registry` finds scenarios by name and reads scenario files,
+:mod:`scenarios.wire` builds the real backend, gateways and simulated vehicles
+in one process, and :mod:`scenarios.builtin` holds the scenarios ``hil
+scenario list`` shows.
 """
