@@ -39,6 +39,8 @@ from backend_stub.errors import (
 )
 from backend_stub.metrics import Metrics
 from backend_stub.model import (
+    DEFAULT_ERROR_THRESHOLD_PCT,
+    DEFAULT_SUCCESS_THRESHOLD_PCT,
     Action,
     ActionState,
     Artifact,
@@ -51,6 +53,7 @@ from backend_stub.model import (
     Vehicle,
     VehicleFilter,
     WaveSpec,
+    as_fields,
 )
 from backend_stub.pki import ROLE_OPERATOR, ROLE_VEHICLE, Identity, identity_from_pem
 from backend_stub.service import OtaBackend, Page, check_filter, check_vin
@@ -145,7 +148,7 @@ def campaign_state_pb(state: CampaignState) -> str:
 
 def ecu_pb(ecu: EcuInfo) -> common_pb2.EcuInfo:
     """Convert an ECU record."""
-    return common_pb2.EcuInfo(**ecu.__dict__)
+    return common_pb2.EcuInfo(**as_fields(ecu))
 
 
 def ecu(message: common_pb2.EcuInfo) -> EcuInfo:
@@ -617,12 +620,12 @@ class CampaignService(_Servicer, campaign_pb2_grpc.CampaignServiceServicer):
             success_threshold_pct=(
                 request.success_threshold_pct
                 if request.HasField("success_threshold_pct")
-                else CampaignSpec.success_threshold_pct
+                else DEFAULT_SUCCESS_THRESHOLD_PCT
             ),
             error_threshold_pct=(
                 request.error_threshold_pct
                 if request.HasField("error_threshold_pct")
-                else CampaignSpec.error_threshold_pct
+                else DEFAULT_ERROR_THRESHOLD_PCT
             ),
             max_retries=request.max_retries,
             action_timeout_s=request.action_timeout_s,

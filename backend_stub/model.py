@@ -7,14 +7,19 @@ same seed give the same ids.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
+from typing import Any, TypeVar
 
 from backend_stub.errors import InvalidArgument, NotFound
 
 
 class ActionState(StrEnum):
     """State of one vehicle's update action in a campaign."""
+
+    # Hash as the plain string: equal to it anyway, and Enum's own hash is a
+    # Python-level call on every set and dict lookup of the campaign engine.
+    __hash__ = str.__hash__
 
     SCHEDULED = "scheduled"
     PENDING = "pending"
@@ -90,6 +95,8 @@ CANCELABLE_STATES = frozenset(
 class CampaignState(StrEnum):
     """State of a campaign."""
 
+    __hash__ = str.__hash__  # as ActionState
+
     DRAFT = "draft"
     RUNNING = "running"
     PAUSED = "paused"
@@ -132,7 +139,57 @@ def lookup_id(kind: str, text: str, what: str) -> int:
         raise NotFound(str(exc)) from exc
 
 
-@dataclass(frozen=True)
+_T = TypeVar("_T")
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def field_names(cls: type) -> tuple[str, ...]:
+    """Return the field names of a dataclass, in order (cached)."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+    return names
+
+
+def as_fields(obj: object) -> dict[str, Any]:
+    """Return a dataclass instance's fields as a dictionary (shallow, unlike ``asdict``)."""
+    return {name: getattr(obj, name) for name in field_names(type(obj))}
+
+
+def copy_with(obj: _T, changes: dict[str, Any]) -> _T:
+    """Return a copy of a frozen dataclass instance with ``changes`` applied.
+
+    ``dataclasses.replace`` re-runs ``__init__`` through keyword arguments; a
+    copier generated per class copies the slots directly at less than half the
+    cost, which matters on paths a fleet of a million vehicles takes several
+    times each. An unknown field raises ``AttributeError`` (the class has slots).
+    """
+    cls = type(obj)
+    copier = _COPIERS.get(cls)
+    if copier is None:
+        copier = _COPIERS[cls] = _make_copier(cls)
+    result: _T = copier(obj, changes)
+    return result
+
+
+_COPIERS: dict[type, Any] = {}
+
+
+def _make_copier(cls: type) -> Any:
+    lines = ["def copier(obj, changes):", "    new = new_object(cls)"]
+    lines += [f"    set_slot(new, {name!r}, obj.{name})" for name in field_names(cls)]
+    lines += ["    for name, value in changes.items():", "        set_slot(new, name, value)"]
+    lines += ["    return new"]
+    namespace: dict[str, Any] = {
+        "new_object": object.__new__,
+        "set_slot": object.__setattr__,
+        "cls": cls,
+    }
+    exec("\n".join(lines), namespace)
+    return namespace["copier"]
+
+
+@dataclass(frozen=True, slots=True)
 class EcuInfo:
     """One ECU of a vehicle as its gateway read it."""
 
@@ -145,7 +202,7 @@ class EcuInfo:
     anti_rollback: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VehicleFilter:
     """Selects vehicles; every field that is set must match."""
 
@@ -185,7 +242,7 @@ class VehicleFilter:
         return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Vehicle:
     """A registered vehicle."""
 
@@ -200,7 +257,7 @@ class Vehicle:
     telemetry: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Artifact:
     """A stored signed image, identified by the SHA-256 of its bytes."""
 
@@ -214,7 +271,7 @@ class Artifact:
     filename: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ReleaseImage:
     """One image of a release."""
 
@@ -227,7 +284,7 @@ class ReleaseImage:
     anti_rollback: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Release:
     """A signed set of images, one per ECU, in flashing order."""
 
@@ -247,7 +304,7 @@ class Release:
         return format_id("rel", self.key)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Campaign:
     """A staged rollout of a release."""
 
@@ -283,12 +340,12 @@ class Campaign:
         """The public id of the release."""
         return format_id("rel", self.release_key)
 
-    def with_changes(self, **changes: object) -> Campaign:
+    def with_changes(self, **changes: Any) -> Campaign:
         """Return a copy with ``changes`` applied."""
-        return replace(self, **changes)  # type: ignore[arg-type]
+        return copy_with(self, changes)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Action:
     """One vehicle's update action in a campaign (a deployment, as the vehicle sees it)."""
 
@@ -313,12 +370,12 @@ class Action:
         """The public id of the campaign."""
         return format_id("cmp", self.campaign_key)
 
-    def with_changes(self, **changes: object) -> Action:
+    def with_changes(self, **changes: Any) -> Action:
         """Return a copy with ``changes`` applied."""
-        return replace(self, **changes)  # type: ignore[arg-type]
+        return copy_with(self, changes)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CampaignEvent:
     """One entry of a campaign's history."""
 
@@ -332,7 +389,7 @@ class CampaignEvent:
     detail: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WaveSpec:
     """A wave's size: a count of vehicles or a percentage of the targets."""
 
@@ -340,7 +397,11 @@ class WaveSpec:
     percent: float | None = None
 
 
-@dataclass(frozen=True)
+DEFAULT_SUCCESS_THRESHOLD_PCT = 95.0
+DEFAULT_ERROR_THRESHOLD_PCT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class CampaignSpec:
     """What an operator asks for when creating a campaign."""
 
@@ -348,15 +409,15 @@ class CampaignSpec:
     release_id: str
     filter: VehicleFilter = VehicleFilter()
     waves: tuple[WaveSpec, ...] = ()
-    success_threshold_pct: float = 95.0
-    error_threshold_pct: float = 10.0
+    success_threshold_pct: float = DEFAULT_SUCCESS_THRESHOLD_PCT
+    error_threshold_pct: float = DEFAULT_ERROR_THRESHOLD_PCT
     max_retries: int = 0
     action_timeout_s: int = 0
     force: bool = False
     request_id: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeploymentReport:
     """A vehicle's report on one of its deployments."""
 

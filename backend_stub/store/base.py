@@ -148,8 +148,8 @@ class Tx(Protocol):
         """Return the vehicle-owned actions last updated before ``updated_before``."""
 
     # Events
-    def add_event(self, event: CampaignEvent) -> CampaignEvent:
-        """Append an event; return it with its key assigned."""
+    def add_event(self, event: CampaignEvent) -> int:
+        """Append an event (its ``key`` is ignored); return the key assigned to it."""
 
     def events_after(self, campaign_key: int, *, after_key: int, limit: int) -> list[CampaignEvent]:
         """Return a campaign's events with a key above ``after_key``, in order."""

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import bisect
 import threading
+from array import array
 from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from backend_stub.model import (
     ACTIVE_ACTION_STATES,
+    UNFINISHED_STATES,
     Action,
     ActionState,
     Artifact,
@@ -27,10 +28,21 @@ from backend_stub.model import (
     Release,
     Vehicle,
     VehicleFilter,
+    copy_with,
 )
-from backend_stub.store.base import touch_in
 
 T = TypeVar("T")
+
+
+def _touched(
+    vehicle: Vehicle, at: float, state: str | None, ecus: Sequence[EcuInfo] | None
+) -> Vehicle:
+    changes: dict[str, Any] = {"last_seen_at": at, "checkins": vehicle.checkins + 1}
+    if state is not None:
+        changes["state"] = state
+    if ecus is not None:
+        changes["ecus"] = tuple(ecus)
+    return copy_with(vehicle, changes)
 
 
 class _MemoryTx:
@@ -38,39 +50,44 @@ class _MemoryTx:
 
     def __init__(self, store: MemoryStore) -> None:
         self._s = store
-        self._undo: list[Callable[[], None]] = []
+        self._undo: list[tuple[Any, ...]] = []
 
     def rollback(self) -> None:
-        while self._undo:
-            self._undo.pop()()
+        undo = self._undo
+        while undo:
+            fn, *args = undo.pop()
+            fn(*args)
 
     # -- helpers
+    # Undo entries are (function, *arguments) tuples rather than closures: a
+    # transaction pushes several per change, and a fleet makes millions of them.
     def _set(self, table: dict, key: object, value: object) -> None:  # type: ignore[type-arg]
         if key in table:
-            old = table[key]
-            self._undo.append(lambda: table.__setitem__(key, old))
+            self._undo.append((table.__setitem__, key, table[key]))
         else:
-            self._undo.append(lambda: table.pop(key, None))
+            self._undo.append((table.pop, key, None))
         table[key] = value
 
     def _count(self, campaign_key: int, wave: int, state: ActionState, delta: int) -> None:
         counts = self._s.counts[campaign_key][wave]
-        counts[state] = counts.get(state, 0) + delta
-        self._undo.append(lambda: counts.__setitem__(state, counts[state] - delta))
+        old = counts.get(state, 0)
+        self._undo.append((counts.__setitem__, state, old))
+        counts[state] = old + delta
 
     def _index_vin(self, action: Action, add: bool) -> None:
         keys = self._s.by_vin[action.vin]
         if add:
             keys.append(action.key)
-            self._undo.append(lambda: keys.remove(action.key))
+            self._undo.append((keys.remove, action.key))
         else:
             keys.remove(action.key)
-            self._undo.append(lambda: keys.append(action.key))
+            self._undo.append((keys.append, action.key))
 
-    def _next(self, name: str) -> int:
-        value = self._s.sequences[name] + 1
-        self._set(self._s.sequences, name, value)
-        return value
+    def _next(self, name: str, count: int = 1) -> int:
+        """Allocate ``count`` keys of sequence ``name``; return the first."""
+        first = self._s.sequences[name] + 1
+        self._set(self._s.sequences, name, first + count - 1)
+        return first
 
     # -- vehicles
     def get_vehicle(self, vin: str) -> Vehicle | None:
@@ -80,7 +97,7 @@ class _MemoryTx:
         if vehicle.vin not in self._s.vehicles:
             position = bisect.bisect_left(self._s.vins, vehicle.vin)
             self._s.vins.insert(position, vehicle.vin)
-            self._undo.append(lambda: self._s.vins.remove(vehicle.vin))
+            self._undo.append((self._s.vins.remove, vehicle.vin))
         self._set(self._s.vehicles, vehicle.vin, vehicle)
 
     def touch_vehicle(
@@ -89,14 +106,7 @@ class _MemoryTx:
         vehicle = self._s.vehicles.get(vin)
         if vehicle is None:
             return False
-        changed = replace(
-            vehicle,
-            last_seen_at=at,
-            checkins=vehicle.checkins + 1,
-            state=vehicle.state if state is None else state,
-            ecus=vehicle.ecus if ecus is None else tuple(ecus),
-        )
-        self._set(self._s.vehicles, vin, changed)
+        self._set(self._s.vehicles, vin, _touched(vehicle, at, state, ecus))
         return True
 
     def set_telemetry(self, vin: str, values: Mapping[str, float], at: float) -> bool:
@@ -104,7 +114,7 @@ class _MemoryTx:
         if vehicle is None:
             return False
         telemetry = {**vehicle.telemetry, **values}
-        self._set(self._s.vehicles, vin, replace(vehicle, telemetry=telemetry))
+        self._set(self._s.vehicles, vin, copy_with(vehicle, {"telemetry": telemetry}))
         return True
 
     def find_vehicles(
@@ -139,13 +149,17 @@ class _MemoryTx:
 
     # -- releases
     def add_release(self, release: Release) -> Release:
-        stored = replace(release, key=self._next("release"))
+        stored = copy_with(release, {"key": self._next("release")})
         self._set(self._s.releases, stored.key, stored)
         return stored
 
     def sign_release(self, key: int, *, metadata: bytes, signature: bytes) -> None:
         release = self._s.releases[key]
-        self._set(self._s.releases, key, replace(release, metadata=metadata, signature=signature))
+        self._set(
+            self._s.releases,
+            key,
+            copy_with(release, {"metadata": metadata, "signature": signature}),
+        )
 
     def get_release(self, key: int) -> Release | None:
         return self._s.releases.get(key)
@@ -168,23 +182,23 @@ class _MemoryTx:
 
     # -- campaigns
     def add_campaign(self, campaign: Campaign, targets: Sequence[tuple[str, int]]) -> Campaign:
-        stored = replace(campaign, key=self._next("campaign"))
+        stored = copy_with(campaign, {"key": self._next("campaign")})
         self._set(self._s.campaigns, stored.key, stored)
         if stored.request_id:
             self._set(self._s.campaign_requests, stored.request_id, stored.key)
+        # One key range and one undo entry for all the targets: a campaign may
+        # target a million vehicles.
+        first = self._next("action", len(targets))
+        actions = self._s.actions
+        by_vin = self._s.by_vin
         waves: dict[int, list[int]] = defaultdict(list)
-        for vin, wave in targets:
-            action = Action(
-                key=self._next("action"),
-                campaign_key=stored.key,
-                vin=vin,
-                wave=wave,
-                state=ActionState.SCHEDULED,
-                updated_at=campaign.created_at,
-            )
-            self._set(self._s.actions, action.key, action)
-            waves[wave].append(action.key)
-            self._index_vin(action, add=True)
+        at = campaign.created_at
+        scheduled = ActionState.SCHEDULED
+        for key, (vin, wave) in enumerate(targets, start=first):
+            actions[key] = Action(key, stored.key, vin, wave, scheduled, at)
+            by_vin[vin].append(key)
+            waves[wave].append(key)
+        self._undo.append((self._s.drop_actions, first, len(targets)))
         for wave, keys in waves.items():
             self._set(self._s.by_wave, (stored.key, wave), keys)
             self._count(stored.key, wave, ActionState.SCHEDULED, len(keys))
@@ -254,7 +268,7 @@ class _MemoryTx:
                 action = self._s.actions[key]
                 if action.state in states and action.state is not to:
                     self.update_action(
-                        replace(action, state=to, updated_at=at), expected=action.state
+                        copy_with(action, {"state": to, "updated_at": at}), expected=action.state
                     )
                     moved += 1
         return moved
@@ -313,24 +327,35 @@ class _MemoryTx:
         return found
 
     # -- events
-    def add_event(self, event: CampaignEvent) -> CampaignEvent:
-        stored = replace(event, key=self._next("event"))
+    def add_event(self, event: CampaignEvent) -> int:
+        # The event is kept as given and its key in a parallel array: a copy
+        # per event would cost as much as the rest of a report.
+        key = self._next("event")
         events = self._s.events[event.campaign_key]
-        events.append(stored)
-        self._undo.append(lambda: events.remove(stored))
-        return stored
+        keys = self._s.event_keys[event.campaign_key]
+        events.append(event)
+        keys.append(key)
+        self._undo.append((events.pop,))
+        self._undo.append((keys.pop,))
+        return key
 
     def events_after(self, campaign_key: int, *, after_key: int, limit: int) -> list[CampaignEvent]:
         events = self._s.events.get(campaign_key, [])
-        start = bisect.bisect_right(events, after_key, key=lambda e: e.key)
-        return events[start : start + limit]
+        keys = self._s.event_keys.get(campaign_key, array("q"))
+        start = bisect.bisect_right(keys, after_key)
+        return [
+            copy_with(event, {"key": key})
+            for event, key in zip(
+                events[start : start + limit], keys[start : start + limit], strict=True
+            )
+        ]
 
     # -- idempotency
     def claim_report(self, report_id: str, *, at: float) -> bool:
         if report_id in self._s.reports:
             return False
         self._s.reports.add(report_id)
-        self._undo.append(lambda: self._s.reports.discard(report_id))
+        self._undo.append((self._s.reports.discard, report_id))
         return True
 
 
@@ -352,14 +377,33 @@ class MemoryStore:
             lambda: defaultdict(dict)
         )
         self.events: defaultdict[int, list[CampaignEvent]] = defaultdict(list)
+        self.event_keys: defaultdict[int, array[int]] = defaultdict(lambda: array("q"))
         self.reports: set[str] = set()
         self.sequences: dict[str, int] = defaultdict(int)
 
     def touch(
         self, vin: str, *, at: float, state: str | None, ecus: Sequence[EcuInfo] | None
     ) -> tuple[bool, bool]:
-        """Record a check-in; return (registered, has unfinished actions)."""
-        return self.run(lambda tx: touch_in(tx, vin, at=at, state=state, ecus=ecus))
+        """Record a check-in; return (registered, has unfinished actions).
+
+        One dictionary write that cannot fail halfway, so it needs no
+        transaction: the hot path of every polling vehicle.
+        """
+        with self._lock:
+            vehicle = self.vehicles.get(vin)
+            if vehicle is None:
+                return False, False
+            self.vehicles[vin] = _touched(vehicle, at, state, ecus)
+            actions = self.actions
+            return True, any(
+                actions[key].state in UNFINISHED_STATES for key in self.by_vin.get(vin, ())
+            )
+
+    def drop_actions(self, first: int, count: int) -> None:
+        """Forget actions ``first`` .. ``first + count - 1`` (the undo of a campaign's creation)."""
+        for key in range(first, first + count):
+            action = self.actions.pop(key)
+            self.by_vin[action.vin].remove(key)
 
     def run(self, work: Callable[[_MemoryTx], T], *, write: bool = True) -> T:
         """Run ``work`` under the store's lock; undo its changes if it raises."""

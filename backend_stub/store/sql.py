@@ -44,6 +44,7 @@ from backend_stub.model import (
     ReleaseImage,
     Vehicle,
     VehicleFilter,
+    as_fields,
 )
 from backend_stub.store.base import touch_in
 
@@ -176,7 +177,7 @@ def _dump(value: Any) -> str:
 
 
 def _ecus_json(ecus: Sequence[EcuInfo]) -> str:
-    return _dump([ecu.__dict__ for ecu in ecus])
+    return _dump([as_fields(ecu) for ecu in ecus])
 
 
 def _vehicle(row: sa.Row[Any]) -> Vehicle:
@@ -225,7 +226,7 @@ def _release(row: sa.Row[Any]) -> Release:
 
 
 def _filter_json(flt: VehicleFilter) -> str:
-    return _dump({**flt.__dict__, "tags": list(flt.tags), "vins": list(flt.vins)})
+    return _dump({**as_fields(flt), "tags": list(flt.tags), "vins": list(flt.vins)})
 
 
 def _campaign(row: sa.Row[Any]) -> Campaign:
@@ -425,7 +426,7 @@ class _SqlTx:
         return None if row is None else _artifact(row)
 
     def add_artifact(self, artifact: Artifact) -> bool:
-        statement = self._insert(artifacts).values(**artifact.__dict__)
+        statement = self._insert(artifacts).values(**as_fields(artifact))
         # RETURNING tells reliably whether the row went in (rowcount does not, on every driver).
         inserted = statement.on_conflict_do_nothing().returning(artifacts.c.sha256)
         return self.conn.execute(inserted).first() is not None
@@ -442,7 +443,7 @@ class _SqlTx:
     # -- releases
     def add_release(self, release: Release) -> Release:
         images = [
-            {**image.__dict__, "compatible_hardware_ids": list(image.compatible_hardware_ids)}
+            {**as_fields(image), "compatible_hardware_ids": list(image.compatible_hardware_ids)}
             for image in release.images
         ]
         key = self.conn.execute(
@@ -459,7 +460,7 @@ class _SqlTx:
             )
             .returning(releases.c.key)
         ).scalar_one()
-        return Release(**{**release.__dict__, "key": key})
+        return Release(**{**as_fields(release), "key": key})
 
     def sign_release(self, key: int, *, metadata: bytes, signature: bytes) -> None:
         self.conn.execute(
@@ -644,8 +645,8 @@ class _SqlTx:
         return [_action(row) for row in self.conn.execute(query)]
 
     # -- events
-    def add_event(self, event: CampaignEvent) -> CampaignEvent:
-        key = self.conn.execute(
+    def add_event(self, event: CampaignEvent) -> int:
+        key: int = self.conn.execute(
             sa.insert(events)
             .values(
                 campaign_key=event.campaign_key,
@@ -658,7 +659,7 @@ class _SqlTx:
             )
             .returning(events.c.key)
         ).scalar_one()
-        return CampaignEvent(**{**event.__dict__, "key": key})
+        return key
 
     def events_after(self, campaign_key: int, *, after_key: int, limit: int) -> list[CampaignEvent]:
         query = (
