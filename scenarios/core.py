@@ -15,6 +15,7 @@ checks on a :class:`Run`. Two time modes:
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import queue
 import random
@@ -276,14 +277,16 @@ def execute(
     directory: Path,
     on_status: Callable[[str], None] | None = None,
     keep_log: bool = True,
+    environment: simpy.Environment | None = None,
 ) -> Run:
     """Run ``scenario`` with ``params`` and ``seed``; return the finished :class:`Run`.
 
     Errors inside the scenario (a timeout, a broken world) end the run as
-    failed with ``Run.error`` set; they are not raised.
+    failed with ``Run.error`` set; they are not raised. ``environment``
+    replaces the time mode's own (a benchmark counts its events that way).
     """
     directory.mkdir(parents=True, exist_ok=True)
-    env = make_environment(scenario.fidelity)
+    env = environment if environment is not None else make_environment(scenario.fidelity)
     run = Run(
         env=env,
         name=scenario.name,
@@ -296,6 +299,13 @@ def execute(
     )
     instance = scenario(run)
     run.event("scenario", "started", scenario.name)
+    if scenario.fidelity == "modeled":
+        # A modeled fleet holds millions of long-lived objects and makes few
+        # reference cycles: the default thresholds would rescan the whole heap
+        # over and over. Collections stay on, just rarer.
+        thresholds = gc.get_threshold()
+        gc.set_threshold(200_000, 50, 100)
+        run.stack.callback(gc.set_threshold, *thresholds)
     with run.stack:
         process = env.process(instance.main())
         limit = instance.time_limit()

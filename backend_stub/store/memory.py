@@ -84,9 +84,14 @@ class _MemoryTx:
             self._undo.append((keys.append, action.key))
 
     def _next(self, name: str, count: int = 1) -> int:
-        """Allocate ``count`` keys of sequence ``name``; return the first."""
-        first = self._s.sequences[name] + 1
-        self._set(self._s.sequences, name, first + count - 1)
+        """Allocate ``count`` keys of sequence ``name``; return the first.
+
+        Not undone on rollback: like a database sequence, a failed transaction
+        leaves a gap, which nothing relies on.
+        """
+        sequences = self._s.sequences
+        first = sequences[name] + 1
+        sequences[name] = first + count - 1
         return first
 
     # -- vehicles
@@ -240,8 +245,11 @@ class _MemoryTx:
             return False
         self._set(self._s.actions, action.key, action)
         if action.state is not current.state:
-            self._count(action.campaign_key, action.wave, current.state, -1)
-            self._count(action.campaign_key, action.wave, action.state, 1)
+            counts = self._s.counts[action.campaign_key][action.wave]
+            before, after = counts.get(current.state, 0), counts.get(action.state, 0)
+            self._undo.append((counts.update, {current.state: before, action.state: after}))
+            counts[current.state] = before - 1
+            counts[action.state] = after + 1
         return True
 
     def actions_of_vehicle(self, vin: str, states: Collection[ActionState]) -> list[Action]:

@@ -1,0 +1,192 @@
+"""The ``fleet`` scenario at 100,000 and 1,000,000 vehicles, beside bare SimPy on the same events.
+
+Each size runs in its own child process, so that its peak memory (the
+child's maximum resident set) is its own. The child runs the built-in
+``fleet`` scenario in virtual time with ``on_pause = "resume"`` (the operator
+accepts each automatic pause after a review), so that every wave runs and
+every targeted vehicle goes through check-in, download, installation and its
+report: the whole campaign, not only its first waves.
+
+The environment counts every SimPy event it processes and records, for every
+process, when it started and every timeout it asked for. Afterwards, in the
+same child, a bare SimPy model replays exactly those processes and timeouts
+with no logic at all (no backend, no vehicle model); the ratio of the two
+event rates is the share of SimPy's own speed that the scenario keeps. The
+recording costs our run some time and memory, and that cost is counted.
+
+    python bench/fleet_scale.py [--sizes 100000 1000000] [--seed 0] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from array import array
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import simpy
+
+TARGETS = {100_000: 15.0, 1_000_000: 120.0}
+MEMORY_TARGET_GIB = 4.0
+RATE_TARGET = 0.30
+
+
+class RecordingEnvironment(simpy.Environment):
+    """Counts processed events; records each process's start and its timeouts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps = 0
+        self.starts = array("d")
+        self.owners = array("i")
+        self.delays = array("d")
+
+    def process(self, generator: Generator[Any, Any, Any]) -> simpy.Process:  # type: ignore[override]
+        proc = super().process(generator)
+        proc.bench_id = len(self.starts)  # type: ignore[attr-defined]
+        self.starts.append(self.now)
+        return proc
+
+    def timeout(self, delay: float = 0, value: Any = None) -> simpy.Timeout:  # type: ignore[override]
+        active = self.active_process
+        self.owners.append(active.bench_id if active is not None else -1)  # type: ignore[attr-defined]
+        self.delays.append(delay)
+        return super().timeout(delay, value)
+
+    def step(self) -> None:
+        self.steps += 1
+        super().step()
+
+
+class CountingEnvironment(simpy.Environment):
+    """Counts processed events (the bare model's environment)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps = 0
+
+    def step(self) -> None:
+        self.steps += 1
+        super().step()
+
+
+def bare_replay(starts: array, owners: array, delays: array) -> tuple[float, int]:
+    """Replay the recorded processes and timeouts with no logic; return (seconds, events)."""
+    per_process: list[list[float]] = [[] for _ in range(len(starts))]
+    unowned: list[float] = []
+    for owner, delay in zip(owners, delays, strict=True):
+        (per_process[owner] if owner >= 0 else unowned).append(delay)
+    env = CountingEnvironment()
+
+    def replay(start: float, steps: list[float]) -> Generator[simpy.Event, Any, None]:
+        if start > env.now:
+            yield env.timeout(start - env.now)
+        for delay in steps:
+            yield env.timeout(delay)
+
+    began = time.perf_counter()
+    for start, steps in zip(starts, per_process, strict=True):
+        env.process(replay(start, steps))
+    for delay in unowned:
+        env.timeout(delay)
+    env.run()
+    return time.perf_counter() - began, env.steps
+
+
+def child(size: int, seed: int) -> dict[str, Any]:
+    """Run one size; return its figures."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from scenarios.core import execute
+    from scenarios.registry import get_scenario, make_params
+
+    scenario = get_scenario("fleet")
+    params = make_params(scenario, {"vehicles": size, "on_pause": "resume", "expect": "any"})
+    env = RecordingEnvironment()
+    with tempfile.TemporaryDirectory() as directory:
+        began = time.perf_counter()
+        run = execute(
+            scenario, params, seed=seed, directory=Path(directory), keep_log=False, environment=env
+        )
+        wall = time.perf_counter() - began
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
+    bare_s, bare_events = bare_replay(env.starts, env.owners, env.delays)
+    return {
+        "vehicles": size,
+        "passed": run.passed,
+        "error": run.error,
+        "wall_s": wall,
+        "events": env.steps,
+        "events_per_s": env.steps / wall,
+        "peak_gib": peak_gib,
+        "bare_s": bare_s,
+        "bare_events": bare_events,
+        "bare_events_per_s": bare_events / bare_s,
+        "digest": run.log.digest(),
+        "figures": {k: v for k, v in run.figures.items() if not isinstance(v, dict)},
+        "calls": run.figures.get("backend calls", {}),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.seed)))
+        return 0
+    results = []
+    for size in args.sizes:
+        done = subprocess.run(
+            [sys.executable, __file__, "--child", str(size), "--seed", str(args.seed)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"fleet scenario, seed {args.seed}, on_pause=resume; baseline: bare SimPy replay")
+    header = (
+        f"{'vehicles':>10} {'wall s':>8} {'target':>7} {'events':>10} {'events/s':>10} "
+        f"{'bare/s':>10} {'share':>6} {'peak GiB':>9} {'checks':>7}"
+    )
+    print(header)
+    for r in results:
+        target = TARGETS.get(r["vehicles"])
+        share = r["events_per_s"] / r["bare_events_per_s"]
+        print(
+            f"{r['vehicles']:>10,} {r['wall_s']:>8.1f} "
+            f"{(f'<{target:g}' if target else '-'):>7} {r['events']:>10,} "
+            f"{r['events_per_s']:>10,.0f} {r['bare_events_per_s']:>10,.0f} {share:>6.0%} "
+            f"{r['peak_gib']:>9.2f} {'held' if r['passed'] else 'FAILED':>7}"
+        )
+    for r in results:
+        calls = ", ".join(f"{k} {v:,}" for k, v in sorted(r["calls"].items()))
+        print(
+            f"  {r['vehicles']:,}: {r['figures'].get('targets', 0):,} targets, "
+            f"{r['figures'].get('succeeded', 0):,} succeeded, "
+            f"{r['figures'].get('failed or rolled back', 0):,} failed or rolled back, "
+            f"{r['figures'].get('virtual time (days)', 0)} days; backend calls: {calls}; "
+            f"bare replay {r['bare_s']:.1f} s for {r['bare_events']:,} events; "
+            f"log sha256:{r['digest'][:16]}"
+        )
+    print(
+        f"targets: 100,000 in <15 s, 1,000,000 in <120 s under {MEMORY_TARGET_GIB:g} GiB, "
+        f"event rate >= {RATE_TARGET:.0%} of bare SimPy"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,684 @@
+"""A modeled fleet: vehicles as SimPy processes in virtual time, the real campaign engine.
+
+The backend is the real :class:`~backend_stub.service.OtaBackend` with its
+campaign engine, over the in-memory store (which passes the same contract
+tests as the SQL store), with the SimPy clock injected. Vehicles are SimPy
+processes that stand in for a gateway: they check in, download within their
+online windows, wait until parked, flash their ECUs (durations from a
+:class:`~scenarios.busmodel.BusModel`), roll back on failure and report, all
+through the backend's own calls. No campaign rule is written here: waves,
+thresholds, pauses and retries are the engine's.
+
+Vehicles sleep until the backend has something for them: when a wave starts
+(or a paused campaign resumes), the world sends its vehicles a wake-up
+message, as OEM backends do with an SMS shoulder-tap, and a vehicle checks in
+at its next online window. A vehicle with nothing to do costs no event, which
+is what lets a million vehicles run in a couple of minutes.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import math
+import random
+from collections import Counter
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import simpy
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from backend_stub.artifacts import ArtifactStore
+from backend_stub.engine import CampaignStatus
+from backend_stub.errors import BackendError
+from backend_stub.model import (
+    ACTIVE_ACTION_STATES,
+    ActionState,
+    Campaign,
+    CampaignSpec,
+    CampaignState,
+    DeploymentReport,
+    EcuInfo,
+    Vehicle,
+    VehicleFilter,
+    WaveSpec,
+)
+from backend_stub.service import OtaBackend, check_ecus
+from backend_stub.store.memory import MemoryStore
+from ota_formats.image import build_image
+from ota_formats.signing import dev_private_key
+from scenarios.busmodel import BusModel
+from scenarios.core import ProcessGenerator, Run
+from scenarios.wire import payload
+
+HOUR = 3600.0
+MINUTE = 60.0
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FailureRates(_Model):
+    """Probabilities of failure per attempt: of a download, and per ECU of a flash and a boot."""
+
+    download: float = Field(default=0.002, ge=0.0, le=1.0)
+    flash: float = Field(default=0.0005, ge=0.0, le=1.0)
+    boot: float = Field(default=0.0005, ge=0.0, le=1.0)
+    flash_by_ecu: dict[str, float] = Field(default_factory=dict)
+    """Per ECU name, instead of ``flash``."""
+    boot_by_ecu: dict[str, float] = Field(default_factory=dict)
+    """Per ECU name, instead of ``boot``."""
+
+    @model_validator(mode="after")
+    def _check(self) -> FailureRates:
+        for table in (self.flash_by_ecu, self.boot_by_ecu):
+            for name, value in table.items():
+                if not 0.0 <= value <= 1.0:
+                    raise ValueError(f"{name}: a probability must be between 0 and 1")
+        return self
+
+    def flash_p(self, ecu: str) -> float:
+        """Return the flash failure probability of ``ecu``."""
+        return self.flash_by_ecu.get(ecu, self.flash)
+
+    def boot_p(self, ecu: str) -> float:
+        """Return the boot failure probability of ``ecu``."""
+        return self.boot_by_ecu.get(ecu, self.boot)
+
+
+class EcuModel(_Model):
+    """One ECU of a vehicle model."""
+
+    name: str
+    hardware_id: str
+    version: str = "1.0.0"
+
+
+class PopulationEntry(_Model):
+    """A share of the fleet: one model, hardware set and software state."""
+
+    label: str
+    share: float = Field(gt=0.0)
+    model: str = "hil-demo"
+    tags: tuple[str, ...] = ()
+    ecus: tuple[EcuModel, ...] = Field(min_length=1)
+    failure: FailureRates | None = None
+    """Overrides the fleet's failure rates (a bad production batch, say)."""
+
+
+def _demo_ecus(bms_hardware: str = "HIL-BMS-HW01") -> tuple[EcuModel, ...]:
+    return (
+        EcuModel(name="ecm", hardware_id="HIL-ECM-HW01"),
+        EcuModel(name="bms", hardware_id=bms_hardware),
+        EcuModel(name="bcm", hardware_id="HIL-BCM-HW01"),
+    )
+
+
+DEFAULT_POPULATION = (
+    PopulationEntry(label="demo", share=0.70, ecus=_demo_ecus()),
+    # A production batch whose battery controller does not boot the new image.
+    PopulationEntry(
+        label="demo-batch-b",
+        share=0.05,
+        tags=("batch-b",),
+        ecus=_demo_ecus(),
+        failure=FailureRates(boot_by_ecu={"bms": 0.8}),
+    ),
+    # Another battery controller: the release does not support it.
+    PopulationEntry(label="demo-bms-v2", share=0.25, ecus=_demo_ecus("HIL-BMS-HW02")),
+)
+
+
+class Connectivity(_Model):
+    """When vehicles are online and how fast their cellular link is."""
+
+    offline_mean_h: float = Field(default=10.0, gt=0.0, description="mean gap between trips")
+    online_mean_min: float = Field(default=40.0, gt=0.0, description="mean trip (online) length")
+    parked_online_min: float = Field(
+        default=15.0, ge=0.0, description="the TCU stays online this long after a trip"
+    )
+    bandwidth_median_mbps: float = Field(default=8.0, gt=0.0)
+    bandwidth_sigma: float = Field(default=0.8, ge=0.0, description="lognormal spread")
+    dropouts_per_hour: float = Field(default=0.5, ge=0.0)
+
+
+_COMPATIBLE: dict[str, tuple[str, ...]] = {
+    "ecm": ("HIL-ECM-HW01",),
+    "bms": ("HIL-BMS-HW01",),
+    "bcm": ("HIL-BCM-HW01",),
+}
+
+
+class ReleaseParams(_Model):
+    """The release the campaign rolls out."""
+
+    version: str = "2.0.0"
+    anti_rollback: int = Field(default=2, ge=1)
+    image_kib: dict[str, int] = Field(default_factory=lambda: {"ecm": 512, "bms": 256, "bcm": 128})
+    compatible: dict[str, tuple[str, ...]] = Field(default_factory=lambda: dict(_COMPATIBLE))
+
+    @model_validator(mode="after")
+    def _check(self) -> ReleaseParams:
+        if set(self.image_kib) != set(self.compatible):
+            raise ValueError("image_kib and compatible must name the same ECUs")
+        if any(size <= 0 for size in self.image_kib.values()):
+            raise ValueError("image sizes must be positive")
+        return self
+
+
+class Wave(_Model):
+    """A wave: a count of vehicles or a percentage of the targets."""
+
+    count: int | None = Field(default=None, gt=0)
+    percent: float | None = Field(default=None, gt=0.0, le=100.0)
+
+    @model_validator(mode="after")
+    def _one(self) -> Wave:
+        if (self.count is None) == (self.percent is None):
+            raise ValueError("give exactly one of count and percent")
+        return self
+
+
+class CampaignParams(_Model):
+    """The campaign as an operator would create it."""
+
+    waves: tuple[Wave, ...] = (Wave(percent=1), Wave(percent=5), Wave(percent=25))
+    success_threshold_pct: float = Field(default=90.0, ge=0.0, le=100.0)
+    error_threshold_pct: float = Field(default=3.0, ge=0.0, le=100.0)
+    max_retries: int = Field(default=1, ge=0, le=100)
+    filter_model: str = ""
+    filter_tags: tuple[str, ...] = ()
+
+
+class FleetOptions(_Model):
+    """Everything a modeled fleet is made of."""
+
+    vehicles: int = Field(default=10_000, ge=1, le=5_000_000)
+    population: tuple[PopulationEntry, ...] = Field(default=DEFAULT_POPULATION, min_length=1)
+    connectivity: Connectivity = Connectivity()
+    failure: FailureRates = FailureRates()
+    release: ReleaseParams = ReleaseParams()
+    bus_model: Path | None = None
+    """A TOML file from ``hil scenario calibrate``; built-in figures when not given."""
+
+
+@dataclass(slots=True)
+class _Group:
+    """A population entry prepared for the hot path: plain numbers, shared tuples."""
+
+    label: str
+    model: str
+    tags: tuple[str, ...]
+    old: tuple[EcuInfo, ...]
+    new: tuple[EcuInfo, ...]
+    download_p: float
+    flash_p: tuple[float, ...]
+    boot_p: tuple[float, ...]
+    image_bytes: int
+    order: tuple[str, ...]
+    """The release's ECUs in flashing order."""
+    flash_s: tuple[float, ...]
+    """Per ECU of the release, in release order (empty if the release does not fit)."""
+    restore_s: tuple[float, ...]
+
+
+@dataclass(slots=True)
+class Car:
+    """One modeled vehicle: what its ECUs run, and whether it is awake."""
+
+    vin: str
+    group: int
+    ecus: tuple[EcuInfo, ...]
+    awake: bool = False
+    wakeups: int = 0
+
+
+@dataclass
+class FleetStats:
+    """Counts kept while the fleet runs."""
+
+    calls: Counter[str] = field(default_factory=Counter)
+    load_per_minute: Counter[int] = field(default_factory=Counter)
+    wakeups: int = 0
+    vehicle_events: int = 0
+
+
+class FleetWorld:
+    """The backend (real engine, memory store, SimPy clock) and a modeled fleet."""
+
+    def __init__(self, run: Run, options: FleetOptions) -> None:
+        self.run = run
+        self.env = run.env
+        self.rng: random.Random = run.rng
+        self.options = options
+        self.bus = BusModel.load(options.bus_model) if options.bus_model else BusModel()
+        self.stats = FleetStats()
+        env = self.env
+        self.backend = OtaBackend(
+            MemoryStore(),
+            ArtifactStore(run.directory / "artifacts"),
+            # Release signatures do not enter the log, so a fresh key keeps runs equal.
+            release_key=Ed25519PrivateKey.generate(),
+            image_trust_anchors=[dev_private_key().public_key()],
+            clock=lambda: float(env.now),
+        )
+        self.engine = self.backend.engine
+        self.cars: dict[str, Car] = {}
+        self.groups: list[_Group] = []
+        self.release_id = ""
+        self.campaign_id = ""
+        self.campaign_key = 0
+        self._known_wave = -1
+        self._known_state: CampaignState | None = None
+        self.on_campaign_change: list[Callable[[Campaign], None]] = []
+        c = options.connectivity
+        self._offline_rate = 1.0 / (c.offline_mean_h * HOUR)
+        self._online_rate = 1.0 / (c.online_mean_min * MINUTE)
+        self._parked_s = c.parked_online_min * MINUTE
+        self._bw_mu = math.log(c.bandwidth_median_mbps * 1e6 / 8.0)
+        self._bw_sigma = c.bandwidth_sigma
+        self._dropout_rate = c.dropouts_per_hour / HOUR
+
+    # ------------------------------------------------------------------ build
+    def build(self) -> None:
+        """Upload the release's images, create the release, register the fleet."""
+        options = self.options
+        release = options.release
+        images = []
+        ecu_order = list(release.image_kib)
+        for ecu in ecu_order:
+            data = build_image(
+                payload(ecu, release.version, release.image_kib[ecu] * 1024),
+                hardware_id=release.compatible[ecu][0],
+                version=release.version,
+                anti_rollback_counter=release.anti_rollback,
+                private_key=dev_private_key(),
+            )
+            digest = hashlib.sha256(data).hexdigest()
+            self.backend.receive_artifact(
+                size_bytes=len(data), sha256=digest, filename=f"{ecu}.img", chunks=iter([data])
+            )
+            images.append((ecu, digest, release.compatible[ecu]))
+        created = self.backend.create_release(name="fleet", version=release.version, images=images)
+        self.release_id = created.release_id
+        self.run.event("backend", "release", f"{created.release_id} {release.version}")
+        sizes = {ecu: release.image_kib[ecu] * 1024 for ecu in ecu_order}
+        for entry in options.population:
+            rates = entry.failure or options.failure
+            old = check_ecus(
+                [EcuInfo(e.name, e.hardware_id, software_version=e.version) for e in entry.ecus],
+                self.backend.limits,
+            )
+            by_name = {e.name: e for e in old}
+            fits = all(
+                name in by_name and by_name[name].hardware_id in release.compatible[name]
+                for name in ecu_order
+            )
+            new = tuple(
+                EcuInfo(
+                    e.name,
+                    e.hardware_id,
+                    software_version=release.version if e.name in sizes else e.software_version,
+                )
+                for e in old
+            )
+            flash_s = tuple(self.bus.flash_s(sizes[n]) for n in ecu_order) if fits else ()
+            self.groups.append(
+                _Group(
+                    label=entry.label,
+                    model=entry.model,
+                    tags=entry.tags,
+                    old=old,
+                    new=new,
+                    download_p=rates.download,
+                    flash_p=tuple(rates.flash_p(n) for n in ecu_order),
+                    boot_p=tuple(rates.boot_p(n) for n in ecu_order),
+                    image_bytes=sum(sizes.values()),
+                    order=tuple(ecu_order),
+                    flash_s=flash_s,
+                    # A rollback re-activates the previous bank: a reset and a boot.
+                    restore_s=tuple(self.bus.fixed_s + self.bus.boot_s for _ in flash_s),
+                )
+            )
+        self._register()
+        # What was just built lives as long as the run: keep the collector off it.
+        gc.collect()
+        gc.freeze()
+        self.run.stack.callback(gc.unfreeze)
+
+    def _register(self) -> None:
+        """Register every vehicle in one store transaction (validated per group above)."""
+        count = self.options.vehicles
+        shares = [entry.share for entry in self.options.population]
+        total = sum(shares)
+        weights = [share / total for share in shares]
+        # Group of each vehicle drawn from the seed, so batches spread over the VINs.
+        picks = self.rng.choices(range(len(weights)), weights=weights, k=count)
+        now = float(self.env.now)
+        cars = self.cars
+        groups = self.groups
+        vehicles = []
+        for index, group_index in enumerate(picks):
+            vin = fleet_vin(index)
+            group = groups[group_index]
+            cars[vin] = Car(vin, group_index, group.old)
+            vehicles.append(
+                Vehicle(
+                    vin=vin,
+                    model=group.model,
+                    tags=group.tags,
+                    ecus=group.old,
+                    state="registered",
+                    registered_at=now,
+                    last_seen_at=now,
+                )
+            )
+
+        def work(tx: Any) -> None:
+            for vehicle in vehicles:
+                tx.put_vehicle(vehicle)
+
+        self.backend.store.run(work)
+        per_group = Counter(groups[i].label for i in picks)
+        self.run.event(
+            "fleet",
+            "registered",
+            f"{count} vehicles: " + ", ".join(f"{k} {v}" for k, v in sorted(per_group.items())),
+        )
+
+    # -------------------------------------------------------------- campaign
+    def start_campaign(self, params: CampaignParams, name: str = "fleet") -> Campaign:
+        """Create and start the campaign; wake the first wave."""
+        spec = CampaignSpec(
+            name=name,
+            release_id=self.release_id,
+            filter=VehicleFilter(model=params.filter_model, tags=params.filter_tags),
+            waves=tuple(WaveSpec(count=w.count, percent=w.percent) for w in params.waves),
+            success_threshold_pct=params.success_threshold_pct,
+            error_threshold_pct=params.error_threshold_pct,
+            max_retries=params.max_retries,
+        )
+        campaign = self.engine.create(spec)
+        self.campaign_id = campaign.campaign_id
+        self.campaign_key = campaign.key
+        self.run.event(
+            "operator",
+            "campaign created",
+            f"{campaign.campaign_id}: {campaign.target_count} targets in waves "
+            f"{list(campaign.wave_sizes)}, {campaign.excluded_count} excluded",
+        )
+        started = self.engine.start(self.campaign_id)
+        self._campaign_changed(started)
+        return started
+
+    def status(self) -> CampaignStatus:
+        """Return the campaign with its per-wave counts."""
+        return self.engine.status(self.campaign_id)
+
+    def campaign(self) -> Campaign:
+        """Return the campaign as stored."""
+        found = self.backend.store.run(lambda tx: tx.get_campaign(self.campaign_key), write=False)
+        assert found is not None
+        return found
+
+    def pause(self, reason: str) -> None:
+        """Pause the campaign as an operator."""
+        self._campaign_changed(self.engine.pause(self.campaign_id, reason))
+
+    def resume(self) -> None:
+        """Resume the campaign and wake the vehicles it has work for."""
+        resumed = self.engine.resume(self.campaign_id)
+        self._campaign_changed(resumed, wake_pending=True)
+
+    def abort(self, reason: str) -> None:
+        """Abort the campaign as an operator."""
+        self._campaign_changed(self.engine.abort(self.campaign_id, reason))
+
+    def _campaign_changed(self, campaign: Campaign, *, wake_pending: bool = False) -> None:
+        """Wake the vehicles of newly started waves; tell watchers of a state change."""
+        if campaign.state is not self._known_state:
+            self._known_state = campaign.state
+            for watcher in self.on_campaign_change:
+                watcher(campaign)
+        if campaign.current_wave != self._known_wave or wake_pending:
+            self._known_wave = campaign.current_wave
+            self._wake_pending()
+
+    def _wake_pending(self) -> None:
+        key = self.campaign_key
+
+        def work(tx: Any) -> list[str]:
+            return [
+                a.vin for a in tx.list_actions(key, states=(ActionState.PENDING,), limit=1 << 62)
+            ]
+
+        vins = self.backend.store.run(work, write=False)
+        for vin in vins:
+            self.wake(self.cars[vin])
+
+    def wake(self, car: Car) -> None:
+        """Send ``car`` a wake-up message: it checks in at its next online window."""
+        self.stats.wakeups += 1
+        car.wakeups += 1
+        if not car.awake:
+            car.awake = True
+            self.env.process(self._vehicle(car))
+
+    # ---------------------------------------------------------------- vehicle
+    def _call(self, kind: str) -> None:
+        self.stats.calls[kind] += 1
+        self.stats.load_per_minute[int(self.env.now // MINUTE)] += 1
+
+    def _report(
+        self,
+        car: Car,
+        deployment_id: str,
+        tag: str,
+        number: int,
+        state: ActionState,
+        *,
+        step: str = "",
+        reason: str = "",
+        inventory: tuple[EcuInfo, ...] = (),
+    ) -> ActionState | None:
+        """Send a report; return the action's state after it, ``None`` if refused."""
+        self._call("report")
+        try:
+            outcome = self.engine.report(
+                DeploymentReport(
+                    vin=car.vin,
+                    deployment_id=deployment_id,
+                    report_id=f"{tag}/{number}",
+                    state=state,
+                    failure_step=step,
+                    failure_reason=reason,
+                    inventory=inventory,
+                )
+            )
+        except BackendError:
+            # Canceled or otherwise refused: the gateway stops working on it.
+            return None
+        if state in (ActionState.SUCCEEDED, ActionState.FAILED, ActionState.ROLLED_BACK):
+            self._after_terminal()
+        return outcome.action.state
+
+    def _after_terminal(self) -> None:
+        campaign = self.campaign()
+        if campaign.current_wave != self._known_wave or campaign.state is not self._known_state:
+            self._campaign_changed(campaign)
+
+    def _vehicle(self, car: Car) -> ProcessGenerator:
+        """One vehicle's life while it has something to do."""
+        env = self.env
+        rng = self.rng
+        group = self.groups[car.group]
+        offline_rate = self._offline_rate
+        online_rate = self._online_rate
+        dropout_rate = self._dropout_rate
+        # The wake-up is taken at the next online window.
+        yield env.timeout(rng.expovariate(offline_rate))
+        window_end = env.now + rng.expovariate(online_rate)
+        while True:
+            self._call("check-in")
+            offers = self.backend.check_in(vin=car.vin, state="", ecus=())
+            if not offers:
+                car.awake = False
+                return
+            action = offers[0].action
+            # Report ids stay unique across retries of the same deployment.
+            deployment = action.deployment_id
+            tag = f"{deployment}/{action.attempts}"
+            number = 0
+            # Download, resumed across online windows and drop-outs.
+            number += 1
+            if self._report(car, deployment, tag, number, ActionState.DOWNLOADING) is None:
+                car.awake = False
+                return
+            remaining = float(group.image_bytes)
+            bandwidth = rng.lognormvariate(self._bw_mu, self._bw_sigma)
+            while remaining > 0:
+                available = window_end - env.now
+                if dropout_rate > 0:
+                    available = min(available, rng.expovariate(dropout_rate))
+                needed = remaining / bandwidth
+                if needed <= available:
+                    yield env.timeout(needed)
+                    remaining = 0.0
+                else:
+                    if available > 0:
+                        yield env.timeout(available)
+                        remaining -= available * bandwidth
+                    # Offline until the next window (a drop-out is short; a trip end is not).
+                    if env.now >= window_end:
+                        yield env.timeout(rng.expovariate(offline_rate))
+                        window_end = env.now + rng.expovariate(online_rate)
+                    else:
+                        yield env.timeout(min(60.0, window_end - env.now))
+                    bandwidth = rng.lognormvariate(self._bw_mu, self._bw_sigma)
+            number += 1
+            if rng.random() < group.download_p:
+                after = self._report(
+                    car,
+                    deployment,
+                    tag,
+                    number,
+                    ActionState.FAILED,
+                    step="download",
+                    reason="the download did not verify",
+                )
+            else:
+                # Installation waits until the vehicle is parked: the end of this trip.
+                if window_end > env.now:
+                    yield env.timeout(window_end - env.now)
+                after = yield from self._install(car, group, deployment, tag, number)
+            if after is not ActionState.PENDING:
+                car.awake = False
+                return
+            # A retry: the vehicle checks in again at its next online window.
+            yield env.timeout(rng.expovariate(offline_rate))
+            window_end = env.now + rng.expovariate(online_rate)
+
+    def _install(
+        self, car: Car, group: _Group, deployment: str, tag: str, number: int
+    ) -> Generator[simpy.Event, Any, ActionState | None]:
+        env = self.env
+        rng = self.rng
+        if self._report(car, deployment, tag, number, ActionState.INSTALLING) is None:
+            return None
+        number += 1
+        flashed = 0
+        for index, duration in enumerate(group.flash_s):
+            failed = rng.random()
+            if failed < group.flash_p[index]:
+                yield env.timeout(duration * rng.random())
+                step = "flash"
+            else:
+                yield env.timeout(duration)
+                if rng.random() < group.boot_p[index]:
+                    step = "boot"
+                else:
+                    flashed += 1
+                    continue
+            ecu = group.order[index]
+            reason = (
+                "the transfer failed and the retries ran out"
+                if step == "flash"
+                else "the new image did not boot"
+            )
+            if flashed:
+                yield env.timeout(sum(group.restore_s[:flashed]))
+            state = ActionState.ROLLED_BACK if flashed else ActionState.FAILED
+            car.ecus = group.old
+            return self._report(
+                car,
+                deployment,
+                tag,
+                number,
+                state,
+                step=f"{ecu}: {step}",
+                reason=reason,
+                inventory=group.old,
+            )
+        car.ecus = group.new
+        return self._report(
+            car, deployment, tag, number, ActionState.SUCCEEDED, inventory=group.new
+        )
+
+    # ---------------------------------------------------------------- reading
+    def backend_events(self) -> list[Any]:
+        """Return the campaign's backend events, in order (with their keys)."""
+        key = self.campaign_key
+        return self.backend.store.run(
+            lambda tx: tx.events_after(key, after_key=0, limit=1 << 62), write=False
+        )
+
+    def action_states(self) -> dict[str, ActionState]:
+        """Return each target vehicle's action state."""
+        key = self.campaign_key
+
+        def work(tx: Any) -> dict[str, ActionState]:
+            return {a.vin: a.state for a in tx.list_actions(key, limit=1 << 62)}
+
+        return self.backend.store.run(work, write=False)
+
+    def backend_vehicles(self) -> dict[str, Vehicle]:
+        """Return every registered vehicle as the backend has it."""
+        return self.backend.store.run(
+            lambda tx: {v.vin: v for v in tx.find_vehicles(VehicleFilter())}, write=False
+        )
+
+    def peak_load(self) -> int:
+        """Return the most vehicle calls the backend took in one minute."""
+        return max(self.stats.load_per_minute.values(), default=0)
+
+    def active_actions(self, status: CampaignStatus) -> int:
+        """Return how many actions the vehicles are working on."""
+        totals = status.totals()
+        return sum(totals.get(state, 0) for state in ACTIVE_ACTION_STATES)
+
+
+def fleet_vin(index: int) -> str:
+    """Return the VIN of modeled vehicle ``index`` (valid: no I, O or Q)."""
+    return f"SMFLEET{index:010d}"
+
+
+__all__ = [
+    "DEFAULT_POPULATION",
+    "CampaignParams",
+    "Car",
+    "Connectivity",
+    "EcuModel",
+    "FailureRates",
+    "FleetOptions",
+    "FleetStats",
+    "FleetWorld",
+    "PopulationEntry",
+    "ReleaseParams",
+    "Wave",
+    "fleet_vin",
+]
