@@ -29,6 +29,7 @@ from hil.cli import (
     image,
     pki,
     release,
+    scenario,
     vehicles,
 )
 from hil.errors import HilError
@@ -36,7 +37,20 @@ from ota_formats.errors import OtaFormatError
 
 EXIT_USAGE = 2
 
-SUBCOMMANDS = (demo, ecu, flash, image, diag, gateway, pki, backend, release, vehicles, campaign)
+SUBCOMMANDS = (
+    demo,
+    ecu,
+    flash,
+    image,
+    diag,
+    gateway,
+    pki,
+    backend,
+    release,
+    vehicles,
+    campaign,
+    scenario,
+)
 
 
 class _Parser(argparse.ArgumentParser):
