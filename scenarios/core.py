@@ -238,6 +238,25 @@ class ThreadBridge:
             yield self.env.timeout(self.interval_s)
 
 
+def run_time(env: simpy.Environment, t_mono: float) -> float:
+    """Return the scenario time of a ``time.monotonic()`` instant of a wire run."""
+    if isinstance(env, simpy.rt.RealtimeEnvironment):
+        return float(env.env_start + (t_mono - env.real_start) / env.factor)
+    return float(env.now)
+
+
+def catch_up(env: simpy.Environment) -> ProcessGenerator:
+    """SimPy process: bring scenario time up to the wall clock after a blocking call.
+
+    A non-strict real-time environment does not move while the scenario's own
+    thread blocks (building a world, an RPC), so events logged afterwards would
+    lag the spans taken from the other threads' clocks.
+    """
+    lag = run_time(env, time.monotonic()) - env.now
+    if lag > 0:
+        yield env.timeout(lag)
+
+
 class Scenario(ABC):
     """A built-in or user scenario. Subclasses set the class attributes and ``main``."""
 
@@ -343,6 +362,8 @@ __all__ = [
     "ScenarioTimeout",
     "Span",
     "ThreadBridge",
+    "catch_up",
     "execute",
     "make_environment",
+    "run_time",
 ]
