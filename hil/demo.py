@@ -128,14 +128,6 @@ def _judge(
             problems.append("an ECU was programmed although the release did not verify")
 
 
-def _tamper(world: WireWorld, sha256: str) -> None:
-    """Flip one byte of a stored artifact, as a corrupted disk or an intruder would."""
-    path = world.directory / "backend" / "artifacts" / sha256[:2] / sha256
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
 def run_demo(
     *,
     vehicle: VehicleSpec | None = None,
@@ -164,7 +156,7 @@ def run_demo(
                 )
                 if case.tamper is not None:
                     entry = next(i for i in release.images if i.ecu == case.tamper)
-                    _tamper(world, entry.sha256)
+                    world.tamper_artifact(entry.sha256)
                 if case.fail_boot is not None:
                     wire.sim.ecu(case.fail_boot).faults.fail_boot()
                 banks_before = _bank_records(world, spec.vin)

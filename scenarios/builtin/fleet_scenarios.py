@@ -16,16 +16,11 @@ from backend_stub.model import (
 )
 from scenarios.core import ProcessGenerator, Scenario, ScenarioParams
 from scenarios.fleet import (
-    DEFAULT_POPULATION,
     HOUR,
     MINUTE,
     CampaignParams,
-    Connectivity,
-    FailureRates,
     FleetOptions,
     FleetWorld,
-    PopulationEntry,
-    ReleaseParams,
 )
 from scenarios.registry import register
 
@@ -33,16 +28,10 @@ from scenarios.registry import register
 PER_VEHICLE_OUTCOMES = 20_000
 
 
-class FleetParams(ScenarioParams):
-    """Parameters of the ``fleet`` scenario."""
+class FleetParams(FleetOptions, ScenarioParams):
+    """Parameters of the ``fleet`` scenario: the fleet, the campaign, the operator."""
 
-    vehicles: int = Field(default=10_000, ge=1, le=5_000_000)
-    population: tuple[PopulationEntry, ...] = Field(default=DEFAULT_POPULATION, min_length=1)
-    connectivity: Connectivity = Connectivity()
-    failure: FailureRates = FailureRates()
-    release: ReleaseParams = ReleaseParams()
     campaign: CampaignParams = CampaignParams()
-    bus_model: str | None = None
     on_pause: Literal["stop", "resume", "abort"] = "stop"
     """After an automatic pause: end the run, resume after a review, or abort."""
     review_h: float = Field(default=4.0, ge=0.0)
@@ -50,19 +39,6 @@ class FleetParams(ScenarioParams):
     sample_min: float = Field(default=30.0, gt=0.0)
     expect: Literal["auto-pause", "completed", "any"] = "auto-pause"
     """What the campaign must come to (with the default bad batch, a pause)."""
-
-    def options(self) -> FleetOptions:
-        """Return the fleet's options."""
-        from pathlib import Path
-
-        return FleetOptions(
-            vehicles=self.vehicles,
-            population=self.population,
-            connectivity=self.connectivity,
-            failure=self.failure,
-            release=self.release,
-            bus_model=Path(self.bus_model) if self.bus_model else None,
-        )
 
 
 @register
@@ -88,7 +64,7 @@ class FleetScenario(Scenario):
         run = self.run
         params = run.params
         assert isinstance(params, FleetParams)
-        world = FleetWorld(run, params.options())
+        world = FleetWorld(run, params)
         world.build()
         pauses: list[tuple[float, Campaign]] = []
 
