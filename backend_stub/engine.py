@@ -1,14 +1,38 @@
 """The campaign engine: staged rollouts as pure logic over an injected store and clock.
 
-Rules (after hawkBit's rollouts and AWS IoT Jobs' abort criteria):
+Rules (after hawkBit's rollouts, Mender's phased deployments and AWS IoT Jobs'
+rollout rates and abort criteria):
 
 * A campaign snapshots its targets at creation and splits them into waves
   (counts or percentages; the vehicles left over form one last wave).
-* Starting a campaign makes wave 0's actions pending; a pending action is
-  offered to its vehicle at the next check-in and becomes notified.
+* Starting a campaign records ``started_at`` and starts wave 0; a started
+  wave's actions become pending, and a pending action is offered to its
+  vehicle at the next check-in and becomes notified.
+* Timed waves: a wave with ``start_after_s`` may not start before
+  ``started_at + start_after_s``. A wave starts when its predecessor has
+  passed (success threshold; 0 means no gate) and its time has come, whichever
+  happens last; since time passing is not a report, ``tick`` starts the waves
+  whose time has come. Wave 0 with a delay leaves the campaign running with
+  nothing released until then (the ``wave_started`` event comes at that time).
+  The leftover wave has no time gate.
+* Rollout rate: with ``rollout_rate`` set, starting a wave releases nothing at
+  once; ``tick`` moves the started waves' scheduled actions to pending, lowest
+  key first, ``floor(credit + rate * elapsed / 60)`` at a time (the fraction is
+  carried; the rate's clock restarts when a wave starts, and credit does not
+  pile up while nothing is left to release, nor while the campaign is
+  paused). Each ``increase_every`` vehicles notified (or
+  succeeded, per ``increase_on``) since the last increase multiply the rate by
+  ``increment_factor``, up to ``maximum_per_minute``.
 * A wave whose succeeded share reaches the success threshold starts the next
-  wave; once the last wave has passed, the campaign completes when every
-  action of every wave has ended (earlier waves may still have stragglers).
+  wave (when its time has come); once the last wave has passed, the campaign
+  completes when every action of every wave has ended (earlier waves may still
+  have stragglers).
+* Abort criteria: after every final outcome (no retry left) and on ``tick``,
+  while the campaign runs or is paused, each criterion compares the failures
+  it names with the vehicles executed over all waves (succeeded, failed or
+  rolled back); once at least ``min_executed`` have executed and the failed
+  share reaches ``threshold_pct``, the campaign is aborted as ``abort`` does,
+  with the reason recorded. Criteria are checked before the wave thresholds.
 * A wave whose failed share (failed or rolled back, with no retry left)
   reaches the error threshold pauses the campaign, with the reason recorded.
   So does a wave that ended below its success threshold.
@@ -36,14 +60,18 @@ from backend_stub.errors import (
     PermissionDenied,
 )
 from backend_stub.model import (
+    ABORT_FAILURES,
     ACTION_TRANSITIONS,
     ACTIVE_ACTION_STATES,
     CAMPAIGN_TRANSITIONS,
     CANCELABLE_STATES,
     FAILURE_STATES,
+    MAX_RATE_PER_MINUTE,
+    RATE_TRIGGERS,
     REPORTABLE_STATES,
     TERMINAL_ACTION_STATES,
     UNFINISHED_STATES,
+    AbortCriterion,
     Action,
     ActionState,
     Campaign,
@@ -53,6 +81,7 @@ from backend_stub.model import (
     DeploymentReport,
     EcuInfo,
     Release,
+    RolloutRate,
     Vehicle,
     WaveSpec,
     lookup_id,
@@ -64,6 +93,14 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 MAX_WAVES = 100
+MAX_START_AFTER_S = 365 * 86_400.0
+MAX_INCREASE_EVERY = 10_000_000
+MAX_ABORT_CRITERIA = 10
+# Campaign states in which the abort criteria apply.
+_ABORTABLE = frozenset({CampaignState.RUNNING, CampaignState.PAUSED})
+# States of an action its vehicle has not been told about (or never will be).
+_UNNOTIFIED = frozenset({ActionState.SCHEDULED, ActionState.PENDING, ActionState.CANCELED})
+_FAILURE_WORDS = {"failed": "failed", "rolled_back": "rolled back", "any": "failed or rolled back"}
 
 
 @dataclass(frozen=True)
@@ -122,6 +159,14 @@ def split_waves(total: int, waves: Sequence[WaveSpec]) -> list[int]:
     return sizes
 
 
+def wave_start_after(spec: CampaignSpec, wave_count: int) -> tuple[float, ...]:
+    """Return each wave's time gate in seconds (the leftover wave has none)."""
+    return tuple(
+        float(spec.waves[index].start_after_s or 0.0) if index < len(spec.waves) else 0.0
+        for index in range(wave_count)
+    )
+
+
 def check_spec(spec: CampaignSpec) -> None:
     """Raise :class:`InvalidArgument` for a campaign request that cannot be right."""
     if not spec.name.strip():
@@ -145,9 +190,69 @@ def check_spec(spec: CampaignSpec) -> None:
             not math.isfinite(wave.percent) or not 0.0 < wave.percent <= 100.0
         ):
             raise InvalidArgument(f"waves[{index}].percent must be in (0, 100]")
+        after = wave.start_after_s
+        if after is not None and (
+            not math.isfinite(after) or not 0.0 <= after <= MAX_START_AFTER_S
+        ):
+            raise InvalidArgument(
+                f"waves[{index}].start_after_s must be between 0 and {MAX_START_AFTER_S:.0f} s "
+                f"(365 days), got {after}"
+            )
     if spec.max_retries > 100:
         raise InvalidArgument("max_retries must be at most 100")
+    if spec.rollout_rate is not None:
+        check_rate(spec.rollout_rate)
+    if len(spec.abort_criteria) > MAX_ABORT_CRITERIA:
+        raise InvalidArgument(
+            f"at most {MAX_ABORT_CRITERIA} abort criteria, got {len(spec.abort_criteria)}"
+        )
+    for index, criterion in enumerate(spec.abort_criteria):
+        check_criterion(criterion, f"abort_criteria[{index}]")
     spec.filter.check()
+
+
+def check_rate(rate: RolloutRate) -> None:
+    """Raise :class:`InvalidArgument` for a rollout rate out of bounds."""
+    label = "rollout_rate"
+    if not 1 <= rate.base_per_minute <= MAX_RATE_PER_MINUTE:
+        raise InvalidArgument(
+            f"{label}.base_per_minute must be between 1 and {MAX_RATE_PER_MINUTE}, "
+            f"got {rate.base_per_minute}"
+        )
+    factor = rate.increment_factor
+    if not math.isfinite(factor) or not 1.0 <= factor <= 5.0:
+        raise InvalidArgument(f"{label}.increment_factor must be between 1 and 5, got {factor}")
+    if not 0 <= rate.increase_every <= MAX_INCREASE_EVERY:
+        raise InvalidArgument(
+            f"{label}.increase_every must be between 0 (never) and {MAX_INCREASE_EVERY}, "
+            f"got {rate.increase_every}"
+        )
+    if rate.increase_on not in RATE_TRIGGERS:
+        raise InvalidArgument(
+            f"{label}.increase_on must be one of {', '.join(RATE_TRIGGERS)}, "
+            f"got {rate.increase_on!r}"
+        )
+    maximum = rate.maximum_per_minute
+    if maximum is not None and not rate.base_per_minute <= maximum <= MAX_RATE_PER_MINUTE:
+        raise InvalidArgument(
+            f"{label}.maximum_per_minute must be between base_per_minute "
+            f"({rate.base_per_minute}) and {MAX_RATE_PER_MINUTE}, got {maximum}"
+        )
+
+
+def check_criterion(criterion: AbortCriterion, label: str) -> None:
+    """Raise :class:`InvalidArgument` for an abort criterion out of bounds."""
+    if criterion.failure not in ABORT_FAILURES:
+        raise InvalidArgument(
+            f"{label}.failure must be one of {', '.join(ABORT_FAILURES)}, got {criterion.failure!r}"
+        )
+    threshold = criterion.threshold_pct
+    if not math.isfinite(threshold) or not 0.0 < threshold <= 100.0:
+        raise InvalidArgument(f"{label}.threshold_pct must be in (0, 100], got {threshold}")
+    if criterion.min_executed < 1:
+        raise InvalidArgument(
+            f"{label}.min_executed must be at least 1, got {criterion.min_executed}"
+        )
 
 
 def compatible(vehicle: Vehicle, release: Release) -> str:
@@ -195,6 +300,16 @@ class CampaignEngine:
             sizes = split_waves(len(targets), spec.waves)
             now = self.clock()
             waves = [index for index, size in enumerate(sizes) for _ in range(size)]
+            rate = spec.rollout_rate
+            if rate is not None:
+                # The campaign keeps the rate as it will apply it.
+                rate = RolloutRate(
+                    base_per_minute=rate.base_per_minute,
+                    increment_factor=float(rate.increment_factor),
+                    increase_every=rate.increase_every,
+                    increase_on=rate.increase_on,
+                    maximum_per_minute=rate.maximum_per_minute or MAX_RATE_PER_MINUTE,
+                )
             campaign = tx.add_campaign(
                 Campaign(
                     key=0,
@@ -212,6 +327,13 @@ class CampaignEngine:
                     created_at=now,
                     updated_at=now,
                     request_id=spec.request_id,
+                    wave_start_after_s=wave_start_after(spec, len(sizes)),
+                    rollout_rate=rate,
+                    abort_criteria=tuple(
+                        AbortCriterion(c.failure, float(c.threshold_pct), c.min_executed)
+                        for c in spec.abort_criteria
+                    ),
+                    rate_per_minute=float(rate.base_per_minute) if rate is not None else 0.0,
                 ),
                 list(zip(targets, waves, strict=True)),
             )
@@ -227,7 +349,7 @@ class CampaignEngine:
         return self.store.run(work)
 
     def start(self, campaign_id: str) -> Campaign:
-        """Start a draft campaign: its first wave becomes pending."""
+        """Start a draft campaign: its first wave starts (now, or at its start time)."""
 
         def work(tx: Tx) -> Campaign:
             campaign = self._campaign(tx, campaign_id, lock=True)
@@ -237,8 +359,16 @@ class CampaignEngine:
                     f"campaign {campaign_id} is {campaign.state}; only a draft can be started "
                     "(use resume for a paused one)"
                 )
-            campaign = self._set_state(tx, campaign, CampaignState.RUNNING, "started")
-            campaign = self._start_wave(tx, campaign, 0)
+            now = self.clock()
+            changes: dict[str, object] = {"started_at": now, "awaiting_start": True}
+            if campaign.rollout_rate is not None:
+                changes["released_at"] = now
+            campaign = campaign.with_changes(**changes)
+            detail = ""
+            if not self._wave_due(campaign, 0):
+                detail = f"wave 0 starts after {campaign.wave_start_after_s[0]:g} s"
+            campaign = self._set_state(tx, campaign, CampaignState.RUNNING, "started", detail)
+            # Starts wave 0 if its time has come (and any later wave that may follow).
             return self._evaluate(tx, campaign)
 
         return self.store.run(work)
@@ -266,6 +396,9 @@ class CampaignEngine:
             if campaign.auto_paused:
                 accepted = tuple(sorted({*campaign.accepted_waves, campaign.current_wave}))
                 campaign = campaign.with_changes(accepted_waves=accepted, auto_paused=False)
+            if campaign.rollout_rate is not None:
+                # No release credit for the time spent paused.
+                campaign = campaign.with_changes(released_at=self.clock())
             campaign = self._set_state(tx, campaign, CampaignState.RUNNING, "resumed", reason="")
             return self._evaluate(tx, campaign)
 
@@ -277,23 +410,7 @@ class CampaignEngine:
         def work(tx: Tx) -> Campaign:
             campaign = self._campaign(tx, campaign_id, lock=True)
             self._check_transition(campaign, CampaignState.ABORTED, "abort")
-            now = self.clock()
-            canceled = tx.move_actions(
-                campaign.key,
-                wave=None,
-                states=CANCELABLE_STATES,
-                to=ActionState.CANCELED,
-                at=now,
-            )
-            why = reason.strip() or "aborted by operator"
-            return self._set_state(
-                tx,
-                campaign,
-                CampaignState.ABORTED,
-                "aborted",
-                f"{why}; {canceled} action(s) canceled",
-                reason=why,
-            )
+            return self._abort(tx, campaign, reason.strip() or "aborted by operator")
 
         return self.store.run(work)
 
@@ -307,30 +424,37 @@ class CampaignEngine:
         return self.store.run(work, write=False)
 
     def tick(self) -> int:
-        """Fail vehicle-owned actions that stopped reporting; return how many timed out."""
+        """Apply the rules that time drives; return how many actions timed out.
+
+        Fails vehicle-owned actions that stopped reporting, checks the abort
+        criteria, starts waves whose time has come and releases actions at the
+        rollout rate.
+        """
 
         def work(tx: Tx) -> int:
             expired = 0
             now = self.clock()
-            for campaign in tx.list_campaigns(
+            for listed in tx.list_campaigns(
                 after_key=0,
                 limit=1_000_000,
                 states=(CampaignState.RUNNING, CampaignState.PAUSED, CampaignState.ABORTED),
             ):
-                if campaign.action_timeout_s <= 0:
-                    continue
-                stale = tx.stale_actions(
-                    campaign.key, updated_before=now - campaign.action_timeout_s, limit=10_000
-                )
-                if not stale:
-                    continue
-                campaign = self._locked(tx, campaign.key)
-                for action in stale:
-                    reason = f"no report for {campaign.action_timeout_s} s"
-                    campaign = self._finish(
-                        tx, campaign, action, ActionState.FAILED, "timeout", reason
+                campaign: Campaign | None = None  # the campaign once locked
+                if listed.action_timeout_s > 0:
+                    stale = tx.stale_actions(
+                        listed.key, updated_before=now - listed.action_timeout_s, limit=10_000
                     )
-                    expired += 1
+                    if stale:
+                        campaign = self._locked(tx, listed.key)
+                        for action in stale:
+                            reason = f"no report for {campaign.action_timeout_s} s"
+                            campaign = self._finish(
+                                tx, campaign, action, ActionState.FAILED, "timeout", reason
+                            )
+                            expired += 1
+                if self._timed(campaign or listed, now):
+                    campaign = campaign or self._locked(tx, listed.key)
+                    self._tick_rules(tx, campaign, now)
             return expired
 
         return self.store.run(work)
@@ -511,18 +635,196 @@ class CampaignEngine:
         log.info("campaign %s %s %s", campaign.campaign_id, kind, detail)
         return campaign
 
-    def _start_wave(self, tx: Tx, campaign: Campaign, wave: int) -> Campaign:
-        moved = tx.move_actions(
+    def _abort(self, tx: Tx, campaign: Campaign, why: str) -> Campaign:
+        """Cancel every action not yet installing and end the campaign as aborted."""
+        canceled = tx.move_actions(
             campaign.key,
-            wave=wave,
-            states=(ActionState.SCHEDULED,),
-            to=ActionState.PENDING,
+            wave=None,
+            states=CANCELABLE_STATES,
+            to=ActionState.CANCELED,
             at=self.clock(),
         )
-        campaign = campaign.with_changes(current_wave=wave, updated_at=self.clock())
+        return self._set_state(
+            tx,
+            campaign,
+            CampaignState.ABORTED,
+            "aborted",
+            f"{why}; {canceled} action(s) canceled",
+            reason=why,
+        )
+
+    def _start_wave(self, tx: Tx, campaign: Campaign, wave: int) -> Campaign:
+        now = self.clock()
+        if campaign.rollout_rate is None:
+            moved = tx.move_actions(
+                campaign.key,
+                wave=wave,
+                states=(ActionState.SCHEDULED,),
+                to=ActionState.PENDING,
+                at=now,
+            )
+            detail = f"wave {wave}: {moved} vehicle(s)"
+        else:
+            # ``tick`` releases its vehicles at the rollout rate, counting from
+            # now: no credit for the time before the wave started.
+            detail = (
+                f"wave {wave}: {campaign.wave_sizes[wave]} vehicle(s), released at "
+                f"{campaign.rate_per_minute:g}/min"
+            )
+            campaign = campaign.with_changes(released_at=now)
+        campaign = campaign.with_changes(current_wave=wave, awaiting_start=False, updated_at=now)
         tx.update_campaign(campaign)
-        self._event(tx, campaign, "wave_started", detail=f"wave {wave}: {moved} vehicle(s)")
+        self._event(tx, campaign, "wave_started", detail=detail)
         return campaign
+
+    def _wave_due(self, campaign: Campaign, wave: int) -> bool:
+        """Whether ``wave``'s start time (if it has one) has come."""
+        gates = campaign.wave_start_after_s
+        if wave >= len(gates) or gates[wave] <= 0.0:
+            return True
+        started = campaign.started_at
+        return started is not None and self.clock() >= started + gates[wave]
+
+    @staticmethod
+    def _gate_opened(campaign: Campaign, now: float) -> bool:
+        """Whether a running campaign waits for a wave whose start time has come."""
+        if campaign.awaiting_start:
+            return True  # ``_evaluate`` checks wave 0's time itself
+        following = campaign.current_wave + 1
+        gates = campaign.wave_start_after_s
+        return (
+            following < len(gates)
+            and gates[following] > 0.0
+            and campaign.started_at is not None
+            and now >= campaign.started_at + gates[following]
+        )
+
+    def _timed(self, campaign: Campaign, now: float) -> bool:
+        """Whether ``tick`` has work for ``campaign`` beyond timeouts."""
+        if campaign.state not in _ABORTABLE:
+            return False
+        if campaign.abort_criteria:
+            return True
+        return campaign.state is CampaignState.RUNNING and (
+            campaign.rollout_rate is not None or self._gate_opened(campaign, now)
+        )
+
+    def _tick_rules(self, tx: Tx, campaign: Campaign, now: float) -> None:
+        """Abort criteria, timed wave starts and rate releases of one (locked) campaign."""
+        if campaign.abort_criteria and campaign.state in _ABORTABLE:
+            counts = tx.wave_counts(campaign.key)
+            if self._check_abort(tx, campaign, counts) is not None:
+                return
+        if campaign.state is not CampaignState.RUNNING:
+            return
+        if self._gate_opened(campaign, now):
+            campaign = self._evaluate(tx, campaign)
+        if campaign.rollout_rate is not None and campaign.state is CampaignState.RUNNING:
+            self._release(tx, campaign, now)
+
+    def _release(self, tx: Tx, campaign: Campaign, now: float) -> Campaign:
+        """Move started waves' scheduled actions to pending at the rollout rate."""
+        rate = campaign.rollout_rate
+        assert rate is not None
+        counts = tx.wave_counts(campaign.key)
+        started = 0 if campaign.awaiting_start else campaign.current_wave + 1
+        waiting = [
+            (wave, scheduled)
+            for wave in range(started)
+            if (scheduled := counts.get(wave, {}).get(ActionState.SCHEDULED, 0))
+        ]
+        available = sum(scheduled for _, scheduled in waiting)
+        last = campaign.released_at if campaign.released_at is not None else now
+        owed = campaign.release_credit + campaign.rate_per_minute * max(0.0, now - last) / 60.0
+        wanted = math.floor(owed + 1e-9)
+        if wanted >= available:
+            # Nothing more is waiting: credit must not pile up for the next wave.
+            release, credit = available, 0.0
+        else:
+            release, credit = wanted, max(0.0, owed - wanted)
+        moved = 0
+        for wave, scheduled in waiting:
+            if moved >= release:
+                break
+            moved += tx.move_actions(
+                campaign.key,
+                wave=wave,
+                states=(ActionState.SCHEDULED,),
+                to=ActionState.PENDING,
+                at=now,
+                limit=min(scheduled, release - moved),
+            )
+        changes: dict[str, object] = {
+            "released": campaign.released + moved,
+            "release_credit": credit,
+            "released_at": now,
+        }
+        if moved:
+            changes["updated_at"] = now
+        old_rate = campaign.rate_per_minute
+        if rate.increase_every > 0:
+            if rate.increase_on == "succeeded":
+                done = sum(c.get(ActionState.SUCCEEDED, 0) for c in counts.values())
+            else:
+                done = sum(
+                    number
+                    for c in counts.values()
+                    for state, number in c.items()
+                    if state not in _UNNOTIFIED
+                )
+            steps = (done - campaign.rate_mark) // rate.increase_every
+            if steps > 0:
+                changes["rate_mark"] = campaign.rate_mark + steps * rate.increase_every
+                changes["rate_per_minute"] = grown_rate(old_rate, rate, steps)
+                changes["updated_at"] = now
+        campaign = campaign.with_changes(**changes)
+        tx.update_campaign(campaign)
+        if moved:
+            self._event(
+                tx,
+                campaign,
+                "released",
+                detail=f"{moved} vehicle(s) at {old_rate:g}/min ({campaign.released} so far)",
+            )
+        if campaign.rate_per_minute != old_rate:
+            self._event(
+                tx,
+                campaign,
+                "rate_increased",
+                detail=f"{old_rate:g}/min -> {campaign.rate_per_minute:g}/min after "
+                f"{campaign.rate_mark} vehicle(s) {rate.increase_on}",
+            )
+        return campaign
+
+    def _check_abort(
+        self, tx: Tx, campaign: Campaign, counts: dict[int, dict[ActionState, int]]
+    ) -> Campaign | None:
+        """Abort ``campaign`` if one of its criteria is met; return it aborted (else ``None``)."""
+        succeeded = failed = rolled_back = 0
+        for wave_counts in counts.values():
+            succeeded += wave_counts.get(ActionState.SUCCEEDED, 0)
+            failed += wave_counts.get(ActionState.FAILED, 0)
+            rolled_back += wave_counts.get(ActionState.ROLLED_BACK, 0)
+        executed = succeeded + failed + rolled_back
+        if executed == 0:
+            return None
+        for criterion in campaign.abort_criteria:
+            if executed < criterion.min_executed:
+                continue
+            if criterion.failure == "failed":
+                failures = failed
+            elif criterion.failure == "rolled_back":
+                failures = rolled_back
+            else:
+                failures = failed + rolled_back
+            if failures * 100.0 >= criterion.threshold_pct * executed:
+                why = (
+                    f"abort criterion: {failures} of {executed} executed vehicles "
+                    f"{_FAILURE_WORDS[criterion.failure]} ({100.0 * failures / executed:.0f}% "
+                    f">= {criterion.threshold_pct:g}%)"
+                )
+                return self._abort(tx, campaign, why)
+        return None
 
     def _finish(
         self,
@@ -569,14 +871,39 @@ class CampaignEngine:
                 detail=f"retry {action.attempts} of {campaign.max_retries}",
             )
             return campaign
+        if campaign.abort_criteria and campaign.state in _ABORTABLE:
+            # One read of the running counts serves the criteria and the wave rules.
+            counts = tx.wave_counts(campaign.key)
+            aborted = self._check_abort(tx, campaign, counts)
+            if aborted is not None:
+                return aborted
+            return self._evaluate(tx, campaign, counts)
         return self._evaluate(tx, campaign)
 
-    def _evaluate(self, tx: Tx, campaign: Campaign) -> Campaign:
-        """Apply the wave rules to a running campaign until nothing changes."""
+    def _evaluate(
+        self,
+        tx: Tx,
+        campaign: Campaign,
+        known: dict[int, dict[ActionState, int]] | None = None,
+    ) -> Campaign:
+        """Apply the wave rules to a running campaign until nothing changes.
+
+        ``known``: every wave's counts, read in this transaction with nothing
+        moved since (saves reading them again).
+        """
         while campaign.state is CampaignState.RUNNING:
+            if campaign.awaiting_start:
+                if not self._wave_due(campaign, campaign.current_wave):
+                    return campaign
+                campaign = self._start_wave(tx, campaign, campaign.current_wave)
+                known = None
+                continue
             wave = campaign.current_wave
             size = campaign.wave_sizes[wave]
-            counts = tx.wave_counts(campaign.key, wave).get(wave, {})
+            if known is not None:
+                counts = known.get(wave, {})
+            else:
+                counts = tx.wave_counts(campaign.key, wave).get(wave, {})
             succeeded = counts.get(ActionState.SUCCEEDED, 0)
             failed = sum(counts.get(s, 0) for s in FAILURE_STATES)
             ended = sum(counts.get(s, 0) for s in TERMINAL_ACTION_STATES)
@@ -599,11 +926,14 @@ class CampaignEngine:
             )
             if passed:
                 if wave + 1 < len(campaign.wave_sizes):
+                    if not self._wave_due(campaign, wave + 1):
+                        return campaign  # ``tick`` starts it when its time has come
                     campaign = self._start_wave(tx, campaign, wave + 1)
+                    known = None
                     continue
                 # Complete only when no vehicle of any wave is still at work:
                 # earlier waves may have stragglers after passing their threshold.
-                totals = tx.wave_counts(campaign.key)
+                totals = known if known is not None else tx.wave_counts(campaign.key)
                 unfinished = sum(
                     number
                     for counts_of_wave in totals.values()
@@ -669,6 +999,18 @@ class CampaignEngine:
         )
 
 
+def grown_rate(rate_per_minute: float, rate: RolloutRate, steps: int) -> float:
+    """Return ``rate_per_minute`` after ``steps`` increases, capped at the rate's maximum."""
+    maximum = float(rate.maximum_per_minute or MAX_RATE_PER_MINUTE)
+    factor = rate.increment_factor
+    if factor <= 1.0 or rate_per_minute >= maximum:
+        return min(rate_per_minute, maximum)
+    # Compare in logarithms: factor ** steps overflows a float for large counts.
+    if steps * math.log(factor) >= math.log(maximum / rate_per_minute):
+        return maximum
+    return min(rate_per_minute * factor**steps, maximum)
+
+
 def describe_report(report: DeploymentReport) -> str:
     """One line from a report's activity and per-ECU states (empty when it has neither)."""
     parts = [report.detail] if report.detail else []
@@ -690,8 +1032,12 @@ __all__ = [
     "CampaignStatus",
     "Offer",
     "ReportOutcome",
+    "check_criterion",
+    "check_rate",
     "check_spec",
     "compatible",
     "describe_report",
+    "grown_rate",
     "split_waves",
+    "wave_start_after",
 ]

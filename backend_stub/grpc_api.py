@@ -41,6 +41,8 @@ from backend_stub.metrics import Metrics
 from backend_stub.model import (
     DEFAULT_ERROR_THRESHOLD_PCT,
     DEFAULT_SUCCESS_THRESHOLD_PCT,
+    AbortCriterion,
+    AbortFailure,
     Action,
     ActionState,
     Artifact,
@@ -49,7 +51,9 @@ from backend_stub.model import (
     CampaignState,
     DeploymentReport,
     EcuInfo,
+    RateTrigger,
     Release,
+    RolloutRate,
     Vehicle,
     VehicleFilter,
     WaveSpec,
@@ -251,19 +255,101 @@ def _counts_pb(counts: dict[ActionState, int]) -> list[common_pb2.StateCount]:
     ]
 
 
+_RATE_TRIGGERS: dict[int, RateTrigger] = {
+    campaign_pb2.RATE_INCREASE_ON_UNSPECIFIED: "notified",
+    campaign_pb2.RATE_INCREASE_ON_NOTIFIED: "notified",
+    campaign_pb2.RATE_INCREASE_ON_SUCCEEDED: "succeeded",
+}
+_ABORT_FAILURES: dict[int, AbortFailure] = {
+    campaign_pb2.ABORT_FAILURE_FAILED: "failed",
+    campaign_pb2.ABORT_FAILURE_ROLLED_BACK: "rolled_back",
+    campaign_pb2.ABORT_FAILURE_ANY: "any",
+}
+
+
+def wave_spec(message: campaign_pb2.WaveSpec, index: int) -> WaveSpec:
+    """Convert a wave message."""
+    kind = message.WhichOneof("size")
+    if kind is None:
+        raise InvalidArgument(f"waves[{index}] needs count or percent")
+    after = message.start_after_s if message.HasField("start_after_s") else None
+    if kind == "count":
+        return WaveSpec(count=message.count, start_after_s=after)
+    return WaveSpec(percent=message.percent, start_after_s=after)
+
+
+def rollout_rate(message: campaign_pb2.RolloutRate) -> RolloutRate:
+    """Convert a rollout rate message (the engine checks the values)."""
+    trigger = _RATE_TRIGGERS.get(message.increase_on)
+    if trigger is None:
+        raise InvalidArgument(f"rollout_rate.increase_on {message.increase_on} is not known")
+    return RolloutRate(
+        base_per_minute=message.base_per_minute,
+        increment_factor=(
+            message.increment_factor if message.HasField("increment_factor") else 1.0
+        ),
+        increase_every=message.increase_every,
+        increase_on=trigger,
+        maximum_per_minute=(
+            message.maximum_per_minute if message.HasField("maximum_per_minute") else None
+        ),
+    )
+
+
+def rollout_rate_pb(rate: RolloutRate) -> campaign_pb2.RolloutRate:
+    """Convert a rollout rate."""
+    return campaign_pb2.RolloutRate(
+        base_per_minute=rate.base_per_minute,
+        increment_factor=rate.increment_factor,
+        increase_every=rate.increase_every,
+        increase_on=f"RATE_INCREASE_ON_{rate.increase_on.upper()}",
+        maximum_per_minute=rate.maximum_per_minute,
+    )
+
+
+def abort_criterion(message: campaign_pb2.AbortCriterion, index: int) -> AbortCriterion:
+    """Convert an abort criterion message (the engine checks the values)."""
+    failure = _ABORT_FAILURES.get(message.failure)
+    if failure is None:
+        what = "is required" if message.failure == 0 else f"{message.failure} is not known"
+        raise InvalidArgument(f"abort_criteria[{index}].failure {what}")
+    return AbortCriterion(
+        failure=failure, threshold_pct=message.threshold_pct, min_executed=message.min_executed
+    )
+
+
+def abort_criterion_pb(criterion: AbortCriterion) -> campaign_pb2.AbortCriterion:
+    """Convert an abort criterion."""
+    return campaign_pb2.AbortCriterion(
+        failure=f"ABORT_FAILURE_{criterion.failure.upper()}",
+        threshold_pct=criterion.threshold_pct,
+        min_executed=criterion.min_executed,
+    )
+
+
 def campaign_pb(status: CampaignStatus) -> campaign_pb2.Campaign:
     """Convert a campaign with its counts."""
     campaign = status.campaign
-    waves = [
-        campaign_pb2.WaveStatus(
+    running = campaign.state is not CampaignState.DRAFT
+    waves = []
+    for index, size in enumerate(campaign.wave_sizes):
+        gates = campaign.wave_start_after_s
+        after = gates[index] if index < len(gates) else 0.0
+        started = running and (
+            index < campaign.current_wave
+            or (index == campaign.current_wave and not campaign.awaiting_start)
+        )
+        wave = campaign_pb2.WaveStatus(
             index=index,
             size=size,
             counts=_counts_pb(status.wave_counts.get(index, {})),
-            started=campaign.state is not CampaignState.DRAFT and index <= campaign.current_wave,
+            started=started,
+            start_after_s=after,
         )
-        for index, size in enumerate(campaign.wave_sizes)
-    ]
-    return campaign_pb2.Campaign(
+        if after > 0 and campaign.started_at is not None:
+            wave.starts_at.CopyFrom(timestamp(campaign.started_at + after))
+        waves.append(wave)
+    message = campaign_pb2.Campaign(
         campaign_id=campaign.campaign_id,
         name=campaign.name,
         release_id=campaign.release_id,
@@ -281,7 +367,15 @@ def campaign_pb(status: CampaignStatus) -> campaign_pb2.Campaign:
         filter=vehicle_filter_pb(campaign.filter),
         created_at=timestamp(campaign.created_at),
         updated_at=timestamp(campaign.updated_at),
+        abort_criteria=[abort_criterion_pb(c) for c in campaign.abort_criteria],
     )
+    if campaign.rollout_rate is not None:
+        message.rollout_rate.CopyFrom(rollout_rate_pb(campaign.rollout_rate))
+        message.rate_per_minute = campaign.rate_per_minute
+        message.released = campaign.released
+    if campaign.started_at is not None:
+        message.started_at.CopyFrom(timestamp(campaign.started_at))
+    return message
 
 
 def action_pb(action: Action) -> campaign_pb2.Action:
@@ -604,14 +698,7 @@ class CampaignService(_Servicer, campaign_pb2_grpc.CampaignServiceServicer):
     @_unary(OPERATOR)
     def CreateCampaign(self, request: Any, context: Any, _: Any) -> Any:
         """Create a draft campaign."""
-        waves = []
-        for index, wave in enumerate(request.waves):
-            kind = wave.WhichOneof("size")
-            if kind is None:
-                raise InvalidArgument(f"waves[{index}] needs count or percent")
-            waves.append(
-                WaveSpec(count=wave.count) if kind == "count" else WaveSpec(percent=wave.percent)
-            )
+        waves = [wave_spec(wave, index) for index, wave in enumerate(request.waves)]
         spec = CampaignSpec(
             name=request.name,
             release_id=request.release_id,
@@ -631,6 +718,12 @@ class CampaignService(_Servicer, campaign_pb2_grpc.CampaignServiceServicer):
             action_timeout_s=request.action_timeout_s,
             force=request.force,
             request_id=request.request_id[:100],
+            rollout_rate=(
+                rollout_rate(request.rollout_rate) if request.HasField("rollout_rate") else None
+            ),
+            abort_criteria=tuple(
+                abort_criterion(c, index) for index, c in enumerate(request.abort_criteria)
+            ),
         )
         campaign = self.backend.engine.create(spec)
         return self._status(campaign.campaign_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from backend_stub.errors import InvalidArgument, NotFound
 
@@ -329,6 +329,23 @@ class Campaign:
     # The current pause was made by a threshold rule (not by an operator).
     auto_paused: bool = False
     request_id: str = ""
+    # When ``start`` ran (``None`` for a draft); the wave time gates count from it.
+    started_at: float | None = None
+    # Per wave, seconds after ``started_at`` before which it may not start (0: no gate).
+    # Empty for campaigns made before timed waves existed: no wave has a gate.
+    wave_start_after_s: tuple[float, ...] = ()
+    # The campaign runs but ``current_wave`` (wave 0) waits for its start time.
+    awaiting_start: bool = False
+    rollout_rate: RolloutRate | None = None
+    abort_criteria: tuple[AbortCriterion, ...] = ()
+    # Rollout-rate bookkeeping: the current rate, how many actions it released
+    # so far, the notified (or succeeded) count at the last increase, the
+    # fraction of an action owed from earlier ticks, and when it last ran.
+    rate_per_minute: float = 0.0
+    released: int = 0
+    rate_mark: int = 0
+    release_credit: float = 0.0
+    released_at: float | None = None
 
     @property
     def campaign_id(self) -> str:
@@ -391,10 +408,56 @@ class CampaignEvent:
 
 @dataclass(frozen=True, slots=True)
 class WaveSpec:
-    """A wave's size: a count of vehicles or a percentage of the targets."""
+    """A wave's size (a count of vehicles or a percentage of the targets) and time gate.
+
+    ``start_after_s``: the wave may not start before the campaign's start plus
+    this many seconds, even when its predecessor has passed (``None``: no gate).
+    """
 
     count: int | None = None
     percent: float | None = None
+    start_after_s: float | None = None
+
+
+RateTrigger = Literal["notified", "succeeded"]
+RATE_TRIGGERS: tuple[RateTrigger, ...] = ("notified", "succeeded")
+MAX_RATE_PER_MINUTE = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutRate:
+    """Release a started wave's vehicles at a rate that grows (AWS IoT Jobs' exponential rollout).
+
+    Every ``increase_every`` vehicles notified (or succeeded, per
+    ``increase_on``) multiply the rate by ``increment_factor``, up to
+    ``maximum_per_minute`` (``None``: :data:`MAX_RATE_PER_MINUTE`).
+    ``increase_every`` 0 keeps the base rate.
+    """
+
+    base_per_minute: int
+    increment_factor: float = 1.0
+    increase_every: int = 0
+    increase_on: RateTrigger = "notified"
+    maximum_per_minute: int | None = None
+
+
+AbortFailure = Literal["failed", "rolled_back", "any"]
+ABORT_FAILURES: tuple[AbortFailure, ...] = ("failed", "rolled_back", "any")
+
+
+@dataclass(frozen=True, slots=True)
+class AbortCriterion:
+    """Abort the campaign when this share of its executed vehicles failed (AWS IoT Jobs).
+
+    Executed vehicles are those that succeeded, failed or rolled back with no
+    retry left, over all waves; ``failure`` names which of them count as
+    failures (``any``: failed or rolled back). The criterion applies once at
+    least ``min_executed`` vehicles have executed.
+    """
+
+    failure: AbortFailure
+    threshold_pct: float
+    min_executed: int
 
 
 DEFAULT_SUCCESS_THRESHOLD_PCT = 95.0
@@ -415,6 +478,8 @@ class CampaignSpec:
     action_timeout_s: int = 0
     force: bool = False
     request_id: str = ""
+    rollout_rate: RolloutRate | None = None
+    abort_criteria: tuple[AbortCriterion, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -187,3 +187,94 @@ def test_cli_errors_are_one_line(capsys, remote, tmp_path):
         "--db",
         "mysql://x",
     )
+
+
+def test_campaign_create_with_timed_waves_rate_and_abort_criteria(capsys, remote, client, demo):
+    shas = [(ecu.name, client.upload(make_image(ecu, "2.0.0", 2)).sha256) for ecu in demo.ecus]
+    release = client.release(shas)
+    for n in (1, 2, 3):
+        client.register(f"WHLDMV0000000000{n}")
+    campaign = run_json(
+        capsys,
+        "campaign",
+        "create",
+        "--release",
+        release.release_id,
+        "--name",
+        "phased",
+        "--wave",
+        "1",
+        "--wave",
+        "1@1.5h",
+        "--rate",
+        "60/min",
+        "--rate-factor",
+        "2",
+        "--rate-every",
+        "10",
+        "--rate-on",
+        "succeeded",
+        "--rate-max",
+        "600",
+        "--abort-if",
+        "failed:5:100",
+        "--abort-if",
+        "rolled_back:12.5%:20",
+        "--start",
+        *remote,
+    )
+    waves = campaign["waves"]
+    assert [w.get("start_after_s", 0) for w in waves] == [0, 5400.0, 0]
+    assert "starts_at" in waves[1] and "starts_at" not in waves[0]
+    assert "started_at" in campaign
+    assert campaign["rollout_rate"] == {
+        "base_per_minute": 60,
+        "increment_factor": 2.0,
+        "increase_every": 10,
+        "increase_on": "RATE_INCREASE_ON_SUCCEEDED",
+        "maximum_per_minute": 600,
+    }
+    assert campaign["abort_criteria"] == [
+        {"failure": "ABORT_FAILURE_FAILED", "threshold_pct": 5.0, "min_executed": 100},
+        {"failure": "ABORT_FAILURE_ROLLED_BACK", "threshold_pct": 12.5, "min_executed": 20},
+    ]
+    assert main(["campaign", "status", campaign["campaign_id"], *remote]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "starts" in text and "+90m (" in text
+    assert "(base 60/min, x2 every 10 succeeded, max 600/min)" in text
+    assert "abort if: failed >= 5% of >= 100 executed; rolled_back >= 12.5% of >= 20" in text
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--wave", "1@soon"], "--wave '1@soon': the delay must be"),
+        (["--wave", "1@-5m"], "--wave '1@-5m': the delay must be"),
+        (["--wave", "1@"], "--wave '1@': the delay must be"),
+        (["--rate", "fast"], "--rate 'fast' is not a number per minute"),
+        (["--rate", "-1"], "--rate '-1' is not a number per minute"),
+        (["--rate-factor", "2"], "--rate-factor needs --rate"),
+        (["--rate", "5", "--rate-every", "-1"], "--rate-every must be a whole number"),
+        (["--rate", "5", "--rate-on", "installed"], "--rate-on: invalid choice"),
+        (["--abort-if", "bogus:1:1"], "--abort-if 'bogus:1:1' is not KIND:PCT:MIN"),
+        (["--abort-if", "failed:x:1"], "--abort-if 'failed:x:1' is not KIND:PCT:MIN"),
+        (["--abort-if", "failed:5"], "--abort-if 'failed:5' is not KIND:PCT:MIN"),
+        # Values the backend's engine refuses, with its message.
+        (["--rate", "0"], "INVALID_ARGUMENT): rollout_rate.base_per_minute"),
+        (["--rate", "10", "--rate-factor", "7"], "rollout_rate.increment_factor"),
+        (["--rate", "10", "--rate-max", "5"], "rollout_rate.maximum_per_minute"),
+        (["--abort-if", "any:0:1"], "abort_criteria[0].threshold_pct"),
+        (["--abort-if", "any:5:0"], "abort_criteria[0].min_executed"),
+        (["--wave", "1@400d"], "waves[0].start_after_s"),
+    ],
+)
+def test_campaign_rule_options_fail_in_one_line(capsys, remote, options, message):
+    create = ["campaign", "create", "--release", "rel-1", "--name", "x"]
+    try:
+        line = fails(capsys, *create, *options, *remote)
+    except SystemExit as exc:  # argparse's own refusals exit from the parser
+        assert exc.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ")
+        line = lines[0]
+    assert message in line, line

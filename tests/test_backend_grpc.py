@@ -10,7 +10,7 @@ import grpc
 import pytest
 from backend_helpers import TIMEOUT, code_of, demo_ecus
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from helpers import make_image
+from helpers import make_image, wait_for
 
 from backend_stub.api import campaign_pb2, common_pb2, device_pb2, update_pb2
 from ota_formats.release import verify_manifest
@@ -253,6 +253,113 @@ def test_campaign_operations_and_refusals(client, release):
     assert code_of(lambda: client.campaign_create(release.release_id, waves=no_size)) == INVALID
     missing = campaign_pb2.CampaignRequest(campaign_id="cmp-424242")
     assert code_of(lambda: client.campaign.GetCampaign(missing, timeout=TIMEOUT)) == NOT_FOUND
+
+
+def test_campaign_rules_round_trip_over_grpc(client, release):
+    client.register(VIN)
+    client.register(OTHER)
+    created = client.campaign_create(
+        release.release_id,
+        waves=[
+            campaign_pb2.WaveSpec(count=1, start_after_s=0),
+            campaign_pb2.WaveSpec(count=1, start_after_s=3600),
+        ],
+        success_threshold_pct=100,
+        rollout_rate=campaign_pb2.RolloutRate(
+            base_per_minute=6000,
+            increment_factor=2.0,
+            increase_every=1,
+            increase_on=campaign_pb2.RATE_INCREASE_ON_SUCCEEDED,
+            maximum_per_minute=9000,
+        ),
+        abort_criteria=[
+            campaign_pb2.AbortCriterion(
+                failure=campaign_pb2.ABORT_FAILURE_ROLLED_BACK, threshold_pct=50, min_executed=2
+            )
+        ],
+    )
+    assert [(w.size, w.start_after_s) for w in created.waves] == [(1, 0.0), (1, 3600.0)]
+    assert not created.HasField("started_at")
+    assert not any(w.HasField("starts_at") for w in created.waves)
+    rate = created.rollout_rate
+    assert (rate.base_per_minute, rate.increment_factor, rate.increase_every) == (6000, 2.0, 1)
+    assert rate.increase_on == campaign_pb2.RATE_INCREASE_ON_SUCCEEDED
+    assert rate.maximum_per_minute == 9000
+    assert (created.rate_per_minute, created.released) == (6000.0, 0)
+    (criterion,) = created.abort_criteria
+    assert criterion.failure == campaign_pb2.ABORT_FAILURE_ROLLED_BACK
+    assert (criterion.threshold_pct, criterion.min_executed) == (50.0, 2)
+
+    def get():
+        request = campaign_pb2.CampaignRequest(campaign_id=created.campaign_id)
+        return client.campaign.GetCampaign(request, timeout=TIMEOUT)
+
+    started = client.campaign.StartCampaign(
+        campaign_pb2.CampaignRequest(campaign_id=created.campaign_id), timeout=TIMEOUT
+    )
+    assert started.HasField("started_at")
+    assert [w.started for w in started.waves] == [True, False]
+    assert not started.waves[0].HasField("starts_at")  # no time gate
+    gate = started.waves[1].starts_at.ToNanoseconds() - started.started_at.ToNanoseconds()
+    assert gate == 3600 * 10**9
+    # The backend's ticker releases wave 0 at the rate.
+    offers: list = []
+    assert wait_for(lambda: offers.extend(client.check_in(VIN).deployments) or offers)
+    assert get().released == 1
+    client.report(VIN, offers[0].deployment_id, "SUCCEEDED")
+    # Wave 0 passed, but wave 1 waits an hour; one success doubles the rate, capped.
+    assert wait_for(lambda: get().rate_per_minute == 9000.0)
+    status = get()
+    assert status.current_wave == 0 and [w.started for w in status.waves] == [True, False]
+    assert client.check_in(OTHER).deployments == []
+
+
+def test_campaign_rules_are_checked_over_grpc(client, release):
+    client.register(VIN)
+
+    def create(**kw):
+        return lambda: client.campaign_create(release.release_id, **kw)
+
+    def rate(**kw):
+        return create(rollout_rate=campaign_pb2.RolloutRate(**{"base_per_minute": 10, **kw}))
+
+    def criterion(**kw):
+        fields = {"failure": campaign_pb2.ABORT_FAILURE_FAILED, "threshold_pct": 5}
+        fields["min_executed"] = 1
+        return create(abort_criteria=[campaign_pb2.AbortCriterion(**{**fields, **kw})])
+
+    def details(call):
+        try:
+            call()
+        except grpc.RpcError as exc:
+            assert exc.code() == INVALID, exc
+            return exc.details()
+        raise AssertionError("the call succeeded")
+
+    assert "start_after_s" in details(
+        create(waves=[campaign_pb2.WaveSpec(count=1, start_after_s=-1)])
+    )
+    assert "start_after_s" in details(
+        create(waves=[campaign_pb2.WaveSpec(percent=5, start_after_s=float("nan"))])
+    )
+    assert "base_per_minute" in details(rate(base_per_minute=0))
+    assert "increment_factor" in details(rate(increment_factor=9))
+    assert "increment_factor" in details(rate(increment_factor=0))
+    assert "maximum_per_minute" in details(rate(maximum_per_minute=5))
+    assert "increase_on" in details(rate(increase_on=7))
+    assert "failure is required" in details(criterion(failure=0))
+    assert "threshold_pct" in details(criterion(threshold_pct=0))
+    assert "threshold_pct" in details(criterion(threshold_pct=100.1))
+    assert "min_executed" in details(criterion(min_executed=0))
+    eleven = [campaign_pb2.AbortCriterion(failure=3, threshold_pct=5, min_executed=1)] * 11
+    assert "at most 10" in details(create(abort_criteria=eleven))
+    # Unset optional fields take their defaults.
+    plain = client.campaign_create(
+        release.release_id, rollout_rate=campaign_pb2.RolloutRate(base_per_minute=10)
+    )
+    assert plain.rollout_rate.increment_factor == 1.0
+    assert plain.rollout_rate.increase_on == campaign_pb2.RATE_INCREASE_ON_NOTIFIED
+    assert plain.rollout_rate.maximum_per_minute == 100_000
 
 
 def test_watch_streams_events_until_the_campaign_ends(client, release):

@@ -16,10 +16,12 @@ from backend_stub.errors import (
     PermissionDenied,
 )
 from backend_stub.model import (
+    AbortCriterion,
     ActionState,
     CampaignSpec,
     CampaignState,
     DeploymentReport,
+    RolloutRate,
     VehicleFilter,
     WaveSpec,
 )
@@ -318,3 +320,703 @@ def test_vehicle_sees_only_its_own_deployment(engine, store):
     assert action.vin == vin(0) and found.key == campaign.key
     with pytest.raises(PermissionDenied):
         engine.deployment(vin(1), offer.action.deployment_id)
+
+
+# ------------------------------------------------------------------ timed waves
+def events_of(store, campaign, kind=None):
+    found = store.run(lambda tx: tx.events_after(campaign.key, after_key=0, limit=10_000))
+    return [e for e in found if kind is None or e.kind == kind]
+
+
+def test_timed_wave_waits_for_its_time_after_its_predecessor_passed(engine, store, clock):
+    campaign = make(
+        engine,
+        store,
+        n=4,
+        waves=(WaveSpec(count=2), WaveSpec(count=2, start_after_s=3600)),
+        success_threshold_pct=100,
+    )
+    cid = campaign.campaign_id
+    started = engine.start(cid)
+    assert started.started_at == 1000.0
+    assert started.wave_start_after_s == (0.0, 3600.0)
+    deliver(engine, 0)
+    deliver(engine, 1)
+    status = engine.status(cid)
+    assert status.campaign.current_wave == 0  # wave 0 passed, wave 1 waits for its time
+    assert status.wave_counts[1] == {ActionState.SCHEDULED: 2}
+    assert engine.check_in(vin(2)) == []
+    clock.advance(3599)
+    engine.tick()
+    assert engine.status(cid).campaign.current_wave == 0
+    clock.advance(1)
+    engine.tick()
+    status = engine.status(cid)
+    assert status.campaign.current_wave == 1
+    assert status.wave_counts[1] == {ActionState.PENDING: 2}
+    (wave_1,) = [e for e in events_of(store, campaign, "wave_started") if "wave 1" in e.detail]
+    assert wave_1.at == 4600.0
+    deliver(engine, 2)
+    deliver(engine, 3)
+    assert engine.status(cid).campaign.state is CampaignState.COMPLETED
+
+
+def test_wave_whose_time_has_come_starts_when_its_predecessor_passes(engine, store, clock):
+    campaign = make(
+        engine,
+        store,
+        n=4,
+        waves=(WaveSpec(count=2), WaveSpec(count=2, start_after_s=60)),
+        success_threshold_pct=100,
+    )
+    cid = campaign.campaign_id
+    engine.start(cid)
+    clock.advance(120)
+    engine.tick()  # time has come, but wave 0 has not passed
+    assert engine.status(cid).campaign.current_wave == 0
+    deliver(engine, 0)
+    deliver(engine, 1)  # the report starts wave 1: no tick needed
+    assert engine.status(cid).wave_counts[1] == {ActionState.PENDING: 2}
+
+
+def test_waves_start_by_time_alone_with_a_zero_success_threshold(engine, store, clock):
+    campaign = make(
+        engine,
+        store,
+        n=6,
+        waves=(WaveSpec(count=2), WaveSpec(count=2, start_after_s=60), WaveSpec(percent=100)),
+        success_threshold_pct=0,
+    )
+    # The last listed wave takes the rest and has no gate of its own here: make it timed.
+    cid = campaign.campaign_id
+    engine.start(cid)
+    assert engine.status(cid).campaign.current_wave == 0  # wave 1 waits, so wave 2 too
+    clock.advance(59)
+    engine.tick()
+    assert engine.status(cid).wave_counts[1] == {ActionState.SCHEDULED: 2}
+    clock.advance(1)
+    engine.tick()  # no report ever came: time alone starts wave 1, and wave 2 follows
+    status = engine.status(cid)
+    assert status.campaign.current_wave == 2
+    assert status.totals() == {ActionState.PENDING: 6}
+
+
+def test_delayed_first_wave_runs_but_releases_nothing_until_its_time(engine, store, clock):
+    campaign = make(engine, store, n=3, waves=(WaveSpec(count=2, start_after_s=300),))
+    cid = campaign.campaign_id
+    started = engine.start(cid)
+    assert started.state is CampaignState.RUNNING and started.awaiting_start
+    assert engine.status(cid).totals() == {ActionState.SCHEDULED: 3}
+    assert engine.check_in(vin(0)) == []
+    assert events_of(store, campaign, "wave_started") == []
+    (event,) = events_of(store, campaign, "started")
+    assert "wave 0 starts after 300 s" in event.detail
+    clock.advance(299)
+    engine.tick()
+    assert engine.status(cid).campaign.awaiting_start
+    clock.advance(1)
+    engine.tick()
+    status = engine.status(cid)
+    assert not status.campaign.awaiting_start
+    assert status.wave_counts[0] == {ActionState.PENDING: 2}
+    (wave_0,) = events_of(store, campaign, "wave_started")
+    assert wave_0.at == 1300.0
+    assert len(engine.check_in(vin(0))) == 1
+
+
+def test_delayed_first_wave_of_a_paused_campaign_waits_for_resume(engine, store, clock):
+    campaign = make(engine, store, n=3, waves=(WaveSpec(count=2, start_after_s=10),))
+    cid = campaign.campaign_id
+    engine.start(cid)
+    engine.pause(cid)
+    clock.advance(20)
+    engine.tick()
+    assert engine.status(cid).totals() == {ActionState.SCHEDULED: 3}
+    engine.resume(cid)
+    assert engine.status(cid).wave_counts[0] == {ActionState.PENDING: 2}
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), 365 * 86400.0 + 1])
+def test_wave_start_after_is_checked(engine, store, bad):
+    (rel,) = seed(store, [vehicle(0)])
+    with pytest.raises(InvalidArgument, match=r"waves\[1\]\.start_after_s"):
+        engine.create(
+            CampaignSpec(
+                name="c",
+                release_id=rel.release_id,
+                waves=(WaveSpec(count=1), WaveSpec(count=1, start_after_s=bad)),
+            )
+        )
+    ok = (WaveSpec(count=1, start_after_s=365 * 86400.0), WaveSpec(count=1, start_after_s=0))
+    assert engine.create(CampaignSpec(name="c", release_id=rel.release_id, waves=ok))
+
+
+# ----------------------------------------------------------------- rollout rate
+def pending_keys(store, campaign):
+    found = store.run(
+        lambda tx: tx.list_actions(campaign.key, states=(ActionState.PENDING,), limit=10_000)
+    )
+    return [a.key for a in found]
+
+
+def all_keys(store, campaign):
+    return [a.key for a in store.run(lambda tx: tx.list_actions(campaign.key, limit=10_000))]
+
+
+def test_rate_releases_at_the_base_rate_lowest_keys_first(engine, store, clock):
+    campaign = make(engine, store, n=40, waves=(), rollout_rate=RolloutRate(60))
+    cid = campaign.campaign_id
+    started = engine.start(cid)
+    assert started.rate_per_minute == 60.0 and started.released == 0
+    assert engine.status(cid).totals() == {ActionState.SCHEDULED: 40}  # nothing at once
+    keys = all_keys(store, campaign)
+    for tick in range(1, 4):
+        clock.advance(10)
+        engine.tick()
+        assert pending_keys(store, campaign) == keys[: 10 * tick]
+    status = engine.status(cid)
+    assert status.campaign.released == 30 and status.campaign.release_credit == 0.0
+    assert status.totals() == {ActionState.PENDING: 30, ActionState.SCHEDULED: 10}
+    released = [e.detail for e in events_of(store, campaign, "released")]
+    assert released == [f"10 vehicle(s) at 60/min ({n} so far)" for n in (10, 20, 30)]
+    assert len(engine.check_in(vin(0))) == 1
+    assert engine.check_in(vin(35)) == []  # not released yet
+
+
+def test_rate_carries_the_fractional_credit(engine, store, clock):
+    campaign = make(engine, store, n=20, waves=(), rollout_rate=RolloutRate(7))
+    engine.start(campaign.campaign_id)
+    released = []
+    for _ in range(6):
+        clock.advance(10)
+        engine.tick()
+        released.append(engine.status(campaign.campaign_id).campaign.released)
+    # 7 per minute in 10 s ticks: floor(7 * t / 60), the fraction carried over.
+    assert released == [1, 2, 3, 4, 5, 7]
+
+
+def test_rate_grows_after_notified_vehicles_up_to_the_maximum(engine, store, clock):
+    rate = RolloutRate(60, increment_factor=2.0, increase_every=5, maximum_per_minute=200)
+    campaign = make(engine, store, n=100, waves=(), rollout_rate=rate)
+    cid = campaign.campaign_id
+    engine.start(cid)
+    clock.advance(10)
+    engine.tick()
+    for n in range(5):
+        assert engine.check_in(vin(n))  # 5 notified
+    clock.advance(10)
+    engine.tick()  # this interval still at 60/min; then x2
+    c = engine.status(cid).campaign
+    assert (c.released, c.rate_per_minute, c.rate_mark) == (20, 120.0, 5)
+    clock.advance(10)
+    engine.tick()
+    c = engine.status(cid).campaign
+    assert (c.released, c.rate_per_minute) == (40, 120.0)  # no new notifications: no growth
+    for n in range(5, 15):
+        assert engine.check_in(vin(n))  # 15 notified: two more steps, 480 capped at 200
+    clock.advance(10)
+    engine.tick()
+    c = engine.status(cid).campaign
+    assert (c.released, c.rate_per_minute, c.rate_mark) == (60, 200.0, 15)
+    clock.advance(12)
+    engine.tick()
+    assert engine.status(cid).campaign.released == 100  # 40 at 200/min, all that was left
+    (increase, *_) = events_of(store, campaign, "rate_increased")
+    assert increase.detail == "60/min -> 120/min after 5 vehicle(s) notified"
+
+
+def test_rate_grows_after_succeeded_vehicles(engine, store, clock):
+    rate = RolloutRate(60, increment_factor=1.5, increase_every=2, increase_on="succeeded")
+    campaign = make(engine, store, n=50, waves=(), rollout_rate=rate)
+    cid = campaign.campaign_id
+    engine.start(cid)
+    clock.advance(10)
+    engine.tick()
+    for n in range(4):
+        engine.check_in(vin(n))  # notified, not succeeded: no growth
+    clock.advance(10)
+    engine.tick()
+    assert engine.status(cid).campaign.rate_per_minute == 60.0
+    deliver(engine, 0)
+    deliver(engine, 1)
+    deliver(engine, 2)
+    clock.advance(10)
+    engine.tick()
+    c = engine.status(cid).campaign
+    assert (c.rate_per_minute, c.rate_mark) == (90.0, 2)
+    assert c.rollout_rate.maximum_per_minute == 100_000  # the default, filled in
+
+
+def test_rate_never_releases_beyond_the_started_waves(engine, store, clock):
+    campaign = make(
+        engine,
+        store,
+        n=10,
+        waves=(WaveSpec(count=4),),
+        rollout_rate=RolloutRate(600),
+        success_threshold_pct=50,
+    )
+    cid = campaign.campaign_id
+    engine.start(cid)
+    clock.advance(10)
+    engine.tick()  # 100 owed, 4 in the wave
+    status = engine.status(cid)
+    assert status.wave_counts == {0: {ActionState.PENDING: 4}, 1: {ActionState.SCHEDULED: 6}}
+    assert status.campaign.released == 4 and status.campaign.release_credit == 0.0
+    clock.advance(600)
+    engine.tick()  # credit does not pile up while nothing waits
+    deliver(engine, 0)
+    deliver(engine, 1)  # 50 %: wave 1 starts, its vehicles are released by the rate
+    status = engine.status(cid)
+    assert status.campaign.current_wave == 1
+    assert status.wave_counts[1] == {ActionState.SCHEDULED: 6}
+    clock.advance(0.5)
+    engine.tick()
+    assert engine.status(cid).campaign.released == 9  # 5 at 600/min in 0.5 s, not a burst
+
+
+def test_rate_releases_a_passed_wave_s_leftovers_first(engine, store, clock):
+    campaign = make(
+        engine,
+        store,
+        n=8,
+        waves=(WaveSpec(count=4),),
+        rollout_rate=RolloutRate(12),
+        success_threshold_pct=50,
+    )
+    cid = campaign.campaign_id
+    engine.start(cid)
+    clock.advance(10)
+    engine.tick()  # 2 of wave 0
+    deliver(engine, 0)
+    deliver(engine, 1)  # wave 0 passed with 2 still scheduled; wave 1 starts
+    assert engine.status(cid).campaign.current_wave == 1
+    clock.advance(10)
+    engine.tick()
+    keys = all_keys(store, campaign)
+    assert pending_keys(store, campaign) == keys[2:4]  # wave 0's rest before wave 1
+    clock.advance(10)
+    engine.tick()
+    assert pending_keys(store, campaign) == keys[2:6]
+
+
+def test_rate_gives_no_credit_for_a_pause(engine, store, clock):
+    campaign = make(engine, store, n=100, waves=(), rollout_rate=RolloutRate(60))
+    cid = campaign.campaign_id
+    engine.start(cid)
+    clock.advance(10)
+    engine.tick()
+    engine.pause(cid)
+    clock.advance(3600)
+    engine.tick()
+    assert engine.status(cid).campaign.released == 10
+    engine.resume(cid)
+    clock.advance(10)
+    engine.tick()
+    assert engine.status(cid).campaign.released == 20
+
+
+def test_rate_with_a_delayed_first_wave(engine, store, clock):
+    campaign = make(
+        engine,
+        store,
+        n=30,
+        waves=(WaveSpec(percent=100, start_after_s=60),),
+        rollout_rate=RolloutRate(60),
+    )
+    cid = campaign.campaign_id
+    engine.start(cid)
+    clock.advance(50)
+    engine.tick()
+    assert engine.status(cid).campaign.released == 0
+    clock.advance(10)
+    engine.tick()  # wave 0 starts at 60 s; credit for the wait was dropped
+    clock.advance(10)
+    engine.tick()
+    assert engine.status(cid).campaign.released == 10
+
+
+@pytest.mark.parametrize(
+    ("rate", "match"),
+    [
+        (RolloutRate(0), "base_per_minute"),
+        (RolloutRate(100_001), "base_per_minute"),
+        (RolloutRate(10, increment_factor=0.5), "increment_factor"),
+        (RolloutRate(10, increment_factor=5.5), "increment_factor"),
+        (RolloutRate(10, increment_factor=float("nan")), "increment_factor"),
+        (RolloutRate(10, increase_every=-1), "increase_every"),
+        (RolloutRate(10, increase_every=10_000_001), "increase_every"),
+        (RolloutRate(10, increase_on="installed"), "increase_on"),  # type: ignore[arg-type]
+        (RolloutRate(10, maximum_per_minute=9), "maximum_per_minute"),
+        (RolloutRate(10, maximum_per_minute=100_001), "maximum_per_minute"),
+    ],
+)
+def test_rollout_rate_is_checked(engine, store, rate, match):
+    (rel,) = seed(store, [vehicle(0)])
+    with pytest.raises(InvalidArgument, match=f"rollout_rate.{match}"):
+        engine.create(CampaignSpec(name="c", release_id=rel.release_id, rollout_rate=rate))
+
+
+def test_bounded_move_takes_lowest_keys_and_rolls_back_cleanly(engine, store):
+    campaign = make(engine, store, n=10, waves=(WaveSpec(count=6),))
+    keys = all_keys(store, campaign)
+
+    def move(limit, wave=0):
+        return lambda tx: tx.move_actions(
+            campaign.key,
+            wave=wave,
+            states=(ActionState.SCHEDULED,),
+            to=ActionState.PENDING,
+            at=5.0,
+            limit=limit,
+        )
+
+    assert store.run(move(2)) == 2
+    cursors = dict(getattr(store, "cursors", {}))
+
+    class Boom(Exception):
+        pass
+
+    def moved_then_failed(tx):
+        assert move(3)(tx) == 3
+        raise Boom
+
+    with pytest.raises(Boom):
+        store.run(moved_then_failed)
+    if hasattr(store, "cursors"):  # the memory store's cursor is undone with the rest
+        assert store.cursors == cursors
+    assert pending_keys(store, campaign) == keys[:2]
+    assert store.run(move(3)) == 3
+    assert pending_keys(store, campaign) == keys[:5]
+    # Another move makes no action SCHEDULED again; the next bounded move skips it.
+    assert store.run(move(10)) == 1  # only 1 left in wave 0
+    assert store.run(move(0)) == 0
+    assert pending_keys(store, campaign) == keys[:6]
+    assert engine.status(campaign.campaign_id).wave_counts == {
+        0: {ActionState.PENDING: 6},
+        1: {ActionState.SCHEDULED: 4},
+    }
+
+
+def test_memory_bounded_move_is_amortised():
+    from backend_stub.store import MemoryStore
+
+    store = MemoryStore()
+    engine = CampaignEngine(store, FakeClock())
+    campaign = make(engine, store, n=2000, waves=())
+    visited = 0
+    real = store.actions
+
+    class Counting(dict):
+        def __getitem__(self, key):
+            nonlocal visited
+            visited += 1
+            return super().__getitem__(key)
+
+    store.actions = Counting(real)
+    for _ in range(200):
+        store.run(
+            lambda tx: tx.move_actions(
+                campaign.key,
+                wave=0,
+                states=(ActionState.SCHEDULED,),
+                to=ActionState.PENDING,
+                at=1.0,
+                limit=5,
+            )
+        )
+    # 1000 moved in 200 moves of 5: each action read once, not a scan from the start.
+    assert visited <= 1000 * 2
+
+
+# --------------------------------------------------------------- abort criteria
+def test_abort_criterion_fires_exactly_at_its_threshold_after_min_executed(engine, store):
+    campaign = make(
+        engine,
+        store,
+        n=10,
+        waves=(WaveSpec(count=8),),
+        success_threshold_pct=100,
+        error_threshold_pct=100,
+        abort_criteria=(AbortCriterion("failed", 20.0, 5),),
+    )
+    cid = campaign.campaign_id
+    engine.start(cid)
+    deliver(engine, 0, ActionState.FAILED)  # 1 of 1: 100 %, but fewer than 5 executed
+    for n in (1, 2, 3):
+        deliver(engine, n)
+    assert engine.status(cid).campaign.state is CampaignState.RUNNING  # 1 of 4
+    (installing,) = engine.check_in(vin(4))
+    report(engine, vin(4), installing.action.deployment_id, ActionState.INSTALLING)
+    engine.check_in(vin(5))  # notified
+    deliver(engine, 6)  # 1 of 5 executed failed: 20 % >= 20 %
+    status = engine.status(cid)
+    assert status.campaign.state is CampaignState.ABORTED
+    reason = "abort criterion: 1 of 5 executed vehicles failed (20% >= 20%)"
+    assert status.campaign.pause_reason == reason
+    (aborted,) = events_of(store, campaign, "aborted")
+    assert aborted.detail == f"{reason}; 4 action(s) canceled"
+    # Canceled: notified (5), pending (7) and scheduled (8, 9); installing (4) is left alone.
+    assert status.totals() == {
+        ActionState.SUCCEEDED: 4,
+        ActionState.FAILED: 1,
+        ActionState.INSTALLING: 1,
+        ActionState.CANCELED: 4,
+    }
+
+
+def test_abort_criteria_count_across_waves_and_by_kind(engine, store):
+    campaign = make(
+        engine,
+        store,
+        n=10,
+        waves=(WaveSpec(count=2),),
+        success_threshold_pct=50,
+        error_threshold_pct=100,
+        abort_criteria=(
+            AbortCriterion("rolled_back", 60.0, 2),
+            AbortCriterion("any", 75.0, 4),
+        ),
+    )
+    cid = campaign.campaign_id
+    engine.start(cid)
+    deliver(engine, 0)
+    deliver(engine, 1, ActionState.ROLLED_BACK)  # 1 of 2 rolled back: 50 % < 60 %
+    assert engine.status(cid).campaign.current_wave == 1  # wave 0 passed at 50 %
+    deliver(engine, 2, ActionState.FAILED)  # rolled back 1 of 3; any 2 of 3 (< 4 executed)
+    assert engine.status(cid).campaign.state is CampaignState.RUNNING
+    deliver(engine, 3, ActionState.FAILED)  # any: 3 of 4 = 75 %, over two waves
+    status = engine.status(cid)
+    assert status.campaign.state is CampaignState.ABORTED
+    assert status.campaign.pause_reason == (
+        "abort criterion: 3 of 4 executed vehicles failed or rolled back (75% >= 75%)"
+    )
+
+
+def test_retried_failures_count_only_when_final(engine, store):
+    campaign = make(
+        engine,
+        store,
+        n=3,
+        waves=(),
+        max_retries=1,
+        error_threshold_pct=100,
+        abort_criteria=(AbortCriterion("failed", 50.0, 1),),
+    )
+    cid = campaign.campaign_id
+    engine.start(cid)
+    first = deliver(engine, 0, ActionState.FAILED)
+    assert first.action.state is ActionState.PENDING  # retry left: not executed yet
+    assert engine.status(cid).campaign.state is CampaignState.RUNNING
+    deliver(engine, 0, ActionState.FAILED)
+    assert engine.status(cid).campaign.state is CampaignState.ABORTED
+
+
+def test_abort_criteria_apply_while_paused_and_on_tick(engine, store, clock):
+    campaign = make(
+        engine,
+        store,
+        n=4,
+        waves=(),
+        action_timeout_s=60,
+        error_threshold_pct=100,
+        abort_criteria=(AbortCriterion("any", 50.0, 2),),
+    )
+    cid = campaign.campaign_id
+    engine.start(cid)
+    deliver(engine, 0)
+    assert engine.check_in(vin(1))  # notified, then silent
+    engine.pause(cid, "night")
+    clock.advance(61)
+    assert engine.tick() == 1  # the silent vehicle times out: 1 of 2 failed while paused
+    status = engine.status(cid)
+    assert status.campaign.state is CampaignState.ABORTED
+    assert status.campaign.pause_reason.startswith("abort criterion: 1 of 2 executed")
+
+
+def test_abort_while_paused_on_a_report(engine, store):
+    campaign = make(
+        engine,
+        store,
+        n=4,
+        waves=(),
+        error_threshold_pct=100,
+        abort_criteria=(AbortCriterion("failed", 100.0, 1),),
+    )
+    cid = campaign.campaign_id
+    engine.start(cid)
+    (offer,) = engine.check_in(vin(0))
+    report(engine, vin(0), offer.action.deployment_id, ActionState.INSTALLING)
+    engine.pause(cid)
+    report(engine, vin(0), offer.action.deployment_id, ActionState.FAILED)
+    assert engine.status(cid).campaign.state is CampaignState.ABORTED
+
+
+def test_abort_criteria_come_before_the_error_threshold(engine, store):
+    campaign = make(
+        engine,
+        store,
+        n=10,
+        waves=(),
+        error_threshold_pct=10,
+        abort_criteria=(AbortCriterion("failed", 10.0, 1),),
+    )
+    engine.start(campaign.campaign_id)
+    deliver(engine, 0, ActionState.FAILED)  # both rules hold: abort wins over a pause
+    assert engine.status(campaign.campaign_id).campaign.state is CampaignState.ABORTED
+
+
+@pytest.mark.parametrize(
+    ("criteria", "match"),
+    [
+        ((AbortCriterion("failed", 0.0, 1),), r"abort_criteria\[0\]\.threshold_pct"),
+        ((AbortCriterion("failed", 100.5, 1),), r"abort_criteria\[0\]\.threshold_pct"),
+        ((AbortCriterion("failed", float("nan"), 1),), r"abort_criteria\[0\]\.threshold_pct"),
+        ((AbortCriterion("failed", 5.0, 0),), r"abort_criteria\[0\]\.min_executed"),
+        ((AbortCriterion("bogus", 5.0, 1),), r"abort_criteria\[0\]\.failure"),  # type: ignore[arg-type]
+        ((AbortCriterion("any", 5.0, 1),) * 11, "at most 10 abort criteria"),
+    ],
+)
+def test_abort_criteria_are_checked(engine, store, criteria, match):
+    (rel,) = seed(store, [vehicle(0)])
+    with pytest.raises(InvalidArgument, match=match):
+        engine.create(CampaignSpec(name="c", release_id=rel.release_id, abort_criteria=criteria))
+
+
+def test_reports_read_the_counts_once(monkeypatch):
+    """The hot path: one wave_counts read per final report, with or without criteria."""
+    from backend_stub.store import MemoryStore
+    from backend_stub.store.memory import _MemoryTx
+
+    calls = []
+    real = _MemoryTx.wave_counts
+
+    def counting(self, campaign_key, wave=None):
+        calls.append(wave)
+        return real(self, campaign_key, wave)
+
+    monkeypatch.setattr(_MemoryTx, "wave_counts", counting)
+    for criteria in ((), (AbortCriterion("failed", 50.0, 100),)):
+        store = MemoryStore()
+        engine = CampaignEngine(store, FakeClock())
+        campaign = make(engine, store, n=10, waves=(), abort_criteria=criteria)
+        engine.start(campaign.campaign_id)
+        (offer,) = engine.check_in(vin(0))
+        calls.clear()
+        report(engine, vin(0), offer.action.deployment_id, ActionState.DOWNLOADING)
+        assert calls == []
+        report(engine, vin(0), offer.action.deployment_id, ActionState.SUCCEEDED)
+        assert len(calls) == 1, (criteria, calls)
+
+
+# ------------------------------------------------------------ schema migration
+V1_CAMPAIGN_COLUMNS = [
+    "key",
+    "name",
+    "release_key",
+    "state",
+    "filter",
+    "wave_sizes",
+    "success_threshold_pct",
+    "error_threshold_pct",
+    "max_retries",
+    "action_timeout_s",
+    "target_count",
+    "excluded_count",
+    "created_at",
+    "updated_at",
+    "current_wave",
+    "pause_reason",
+    "accepted_waves",
+    "auto_paused",
+    "request_id",
+]
+
+
+def downgrade_to_v1(url: str) -> None:
+    """Turn a database made by this backend into what a version-1 backend left behind."""
+    import sqlalchemy as sa
+
+    from backend_stub.store.sql import _V2_CAMPAIGN_COLUMNS
+
+    admin = sa.create_engine(url)
+    try:
+        with admin.begin() as conn:
+            for name in _V2_CAMPAIGN_COLUMNS:
+                conn.exec_driver_sql(f"ALTER TABLE campaigns DROP COLUMN {name}")
+            conn.exec_driver_sql("DROP INDEX ix_actions_wave_state_key")
+            conn.exec_driver_sql(
+                "CREATE INDEX ix_actions_wave_state ON actions (campaign_key, wave, state)"
+            )
+            conn.exec_driver_sql("UPDATE schema_info SET version = 1")
+        with admin.connect() as conn:
+            inspector = sa.inspect(conn)
+            assert [c["name"] for c in inspector.get_columns("campaigns")] == V1_CAMPAIGN_COLUMNS
+    finally:
+        admin.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_version_1_database_is_migrated_in_place(kind, tmp_path, request):
+    import sqlalchemy as sa
+
+    from backend_stub.errors import StoreError
+    from backend_stub.store.sql import SCHEMA_VERSION, SqlStore, sqlite_url
+
+    url = sqlite_url(tmp_path) if kind == "sqlite" else request.getfixturevalue("pg_url")
+    clock = FakeClock()
+    store = SqlStore(url)
+    engine = CampaignEngine(store, clock)
+    old = make(engine, store, n=4, waves=(WaveSpec(count=2),), success_threshold_pct=100)
+    engine.start(old.campaign_id)
+    deliver(engine, 0)
+    before = engine.status(old.campaign_id)
+    store.close()
+    downgrade_to_v1(url)
+
+    store = SqlStore(url)  # migrates
+    try:
+        engine = CampaignEngine(store, clock)
+        after = engine.status(old.campaign_id)
+        # The campaign as a version-1 backend knew it, with the new rules off.
+        assert after.campaign == before.campaign.with_changes(
+            started_at=None, wave_start_after_s=()
+        )
+        assert after.wave_counts == before.wave_counts
+        deliver(engine, 1)
+        deliver(engine, 2)
+        deliver(engine, 3)
+        assert engine.status(old.campaign_id).campaign.state is CampaignState.COMPLETED
+        # The new rules work on the migrated database.
+        new = engine.create(
+            CampaignSpec(
+                name="new",
+                release_id=old.release_id,
+                waves=(WaveSpec(count=1, start_after_s=30.5),),
+                rollout_rate=RolloutRate(60, 2.0, 10, "succeeded", 600),
+                abort_criteria=(AbortCriterion("rolled_back", 12.5, 3),),
+                force=True,
+            )
+        )
+        stored = engine.status(new.campaign_id).campaign
+        assert stored == new
+        assert stored.wave_start_after_s == (30.5, 0.0)
+        assert stored.rollout_rate == RolloutRate(60, 2.0, 10, "succeeded", 600)
+        assert stored.abort_criteria == (AbortCriterion("rolled_back", 12.5, 3),)
+    finally:
+        store.close()
+    admin = sa.create_engine(url)
+    try:
+        with admin.begin() as conn:
+            assert conn.exec_driver_sql("SELECT version FROM schema_info").scalars().all() == [
+                SCHEMA_VERSION
+            ]
+            indexes = {i["name"] for i in sa.inspect(conn).get_indexes("actions")}
+            assert "ix_actions_wave_state_key" in indexes
+            assert "ix_actions_wave_state" not in indexes
+            # A database from a newer backend is refused, not "migrated".
+            conn.exec_driver_sql(f"UPDATE schema_info SET version = {SCHEMA_VERSION + 1}")
+    finally:
+        admin.dispose()
+    with pytest.raises(StoreError, match="schema version 3"):
+        SqlStore(url)

@@ -18,11 +18,16 @@ every action; ``check_generic_changes`` holds the transition-table invariants
 The machine runs over the in-memory store and over SQLite; another test runs
 the same sequences over both side by side. Two regression tests pin the rule
 that a campaign completes only once every action of every wave has ended.
+
+Campaigns may have timed waves (a wave starts when its predecessor passed and
+its time has come) and abort criteria (over all waves, after every final
+outcome); the rollout rate has a property test of its own.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import tempfile
 from collections import Counter
 from collections.abc import Callable
@@ -52,6 +57,7 @@ from backend_stub.errors import (
     PermissionDenied,
 )
 from backend_stub.model import (
+    ABORT_FAILURES,
     ACTION_TRANSITIONS,
     ACTIVE_ACTION_STATES,
     CAMPAIGN_TRANSITIONS,
@@ -60,6 +66,7 @@ from backend_stub.model import (
     REPORTABLE_STATES,
     TERMINAL_ACTION_STATES,
     TERMINAL_CAMPAIGN_STATES,
+    AbortCriterion,
     Action,
     ActionState,
     Campaign,
@@ -67,6 +74,7 @@ from backend_stub.model import (
     CampaignSpec,
     CampaignState,
     DeploymentReport,
+    RolloutRate,
     WaveSpec,
 )
 from backend_stub.store import MemoryStore
@@ -83,8 +91,22 @@ CAMPAIGN_CHANGES: dict[str, frozenset[tuple[C, C]]] = {
     "pause": frozenset({(C.RUNNING, C.PAUSED)}),
     "resume": frozenset({(C.PAUSED, C.RUNNING), (C.PAUSED, C.COMPLETED)}),
     "abort": frozenset({(C.DRAFT, C.ABORTED), (C.RUNNING, C.ABORTED), (C.PAUSED, C.ABORTED)}),
-    "report": frozenset({(C.RUNNING, C.PAUSED), (C.RUNNING, C.COMPLETED)}),
-    "tick": frozenset({(C.RUNNING, C.PAUSED), (C.RUNNING, C.COMPLETED)}),
+    "report": frozenset(
+        {
+            (C.RUNNING, C.PAUSED),
+            (C.RUNNING, C.COMPLETED),
+            (C.RUNNING, C.ABORTED),
+            (C.PAUSED, C.ABORTED),
+        }
+    ),
+    "tick": frozenset(
+        {
+            (C.RUNNING, C.PAUSED),
+            (C.RUNNING, C.COMPLETED),
+            (C.RUNNING, C.ABORTED),
+            (C.PAUSED, C.ABORTED),
+        }
+    ),
 }
 
 
@@ -111,6 +133,14 @@ class Config:
     error: float
     max_retries: int
     timeout: int
+    delays: tuple[int, ...] = ()  # start_after_s of the listed waves (0: none)
+    criteria: tuple[AbortCriterion, ...] = ()
+
+    def wave_specs(self) -> tuple[WaveSpec, ...]:
+        return tuple(
+            replace(w, start_after_s=self.delays[i] if i < len(self.delays) else None)
+            for i, w in enumerate(self.waves)
+        )
 
 
 @dataclass(frozen=True)
@@ -178,11 +208,12 @@ class Driver:
             CampaignSpec(
                 name="prop",
                 release_id=rel.release_id,
-                waves=config.waves,
+                waves=config.wave_specs(),
                 success_threshold_pct=config.success,
                 error_threshold_pct=config.error,
                 max_retries=config.max_retries,
                 action_timeout_s=config.timeout,
+                abort_criteria=config.criteria,
             )
         )
         self.cid = self.campaign.campaign_id
@@ -191,6 +222,7 @@ class Driver:
         self.refused_ids: list[str] = []  # ids of refused reports (never claimed)
         self._ids = itertools.count()
         self.last = self.snapshot()
+        self.gates_checked_at = self.clock.now  # the last successful tick, start or resume
 
     def snapshot(self) -> Snapshot:
         key = self.campaign.key
@@ -321,6 +353,8 @@ class Driver:
         except BackendError as exc:  # anything else fails the test as it is
             error = exc
         after = self.snapshot()
+        if error is None and op.kind in ("tick", "start", "resume"):
+            self.gates_checked_at = self.clock.now
         if plan.report is not None:
             if error is None and not result.duplicate:
                 self.applied.append(plan.report)
@@ -387,9 +421,40 @@ def wave_stats(snap: Snapshot, wave: int) -> WaveStats:
     )
 
 
-def wave_decision(snap: Snapshot, wave: int) -> str:
-    """What the documented rules decide for ``wave`` of a running campaign."""
+def gate_open(c: Campaign, wave: int, now: float) -> bool:
+    """Whether ``wave``'s start time (if it has one) has come."""
+    gates = c.wave_start_after_s
+    if wave >= len(gates) or gates[wave] <= 0:
+        return True
+    return c.started_at is not None and now >= c.started_at + gates[wave]
+
+
+def abort_decision(snap: Snapshot) -> str | None:
+    """The reason of the first abort criterion the campaign's executed vehicles meet."""
+    states = Counter(a.state for a in snap.actions)
+    executed = states[S.SUCCEEDED] + states[S.FAILED] + states[S.ROLLED_BACK]
+    words = {"failed": "failed", "rolled_back": "rolled back", "any": "failed or rolled back"}
+    for crit in snap.campaign.abort_criteria:
+        failures = {
+            "failed": states[S.FAILED],
+            "rolled_back": states[S.ROLLED_BACK],
+            "any": states[S.FAILED] + states[S.ROLLED_BACK],
+        }[crit.failure]
+        met = failures * 100.0 >= crit.threshold_pct * executed
+        if executed and executed >= crit.min_executed and met:
+            return (
+                f"abort criterion: {failures} of {executed} executed vehicles "
+                f"{words[crit.failure]} ({100.0 * failures / executed:.0f}% "
+                f">= {crit.threshold_pct:g}%)"
+            )
+    return None
+
+
+def wave_decision(snap: Snapshot, wave: int, now: float) -> str:
+    """What the documented rules decide for ``wave`` of a running campaign at ``now``."""
     c, w = snap.campaign, wave_stats(snap, wave)
+    if c.awaiting_start and wave == c.current_wave:
+        return "start wave" if gate_open(c, wave, now) else "wait"
     if not w.accepted and w.failed > 0 and w.failed * 100.0 >= c.error_threshold_pct * w.size:
         return "pause: errors"
     passed = w.succeeded * 100.0 >= c.success_threshold_pct * w.size or (
@@ -397,7 +462,7 @@ def wave_decision(snap: Snapshot, wave: int) -> str:
     )
     if passed:
         if wave + 1 < len(c.wave_sizes):
-            return "next wave"
+            return "next wave" if gate_open(c, wave + 1, now) else "wait"
         # The campaign completes only when no action of any wave is still open.
         all_ended = all(x.state in TERMINAL_ACTION_STATES for x in snap.actions)
         return "complete" if all_ended else "wait"
@@ -437,7 +502,8 @@ def check_generic_changes(step: Step, config: Config) -> None:
                     f"{move} in wave {old.wave}, started {started}"
                 )
             if new.state is S.CANCELED:
-                assert kind == "abort", f"{kind} canceled an action"
+                by_criterion = kind in ("report", "tick") and aborted_by_criterion(step)
+                assert kind == "abort" or by_criterion, f"{kind} canceled an action"
             elif old.state is S.PENDING:
                 assert kind == "check_in" and bc.state is C.RUNNING, (
                     f"{kind} notified a vehicle of a {bc.state} campaign"
@@ -451,13 +517,36 @@ def check_generic_changes(step: Step, config: Config) -> None:
             assert old.attempts <= config.max_retries and bc.state is not C.ABORTED
 
 
+def criteria_apply(c: Campaign) -> bool:
+    """Whether the campaign's abort criteria are checked (it has some, and runs or is paused)."""
+    return bool(c.abort_criteria) and c.state in (C.RUNNING, C.PAUSED)
+
+
+def gate_opened(c: Campaign, now: float) -> bool:
+    """Whether a tick finds a wave whose start time has come (so it applies the wave rules)."""
+    if c.awaiting_start:
+        return True
+    following = c.current_wave + 1
+    gates = c.wave_start_after_s
+    return following < len(gates) and gates[following] > 0 and gate_open(c, following, now)
+
+
+def aborted_by_criterion(step: Step) -> bool:
+    """Whether this report or tick aborted the campaign (by an abort criterion)."""
+    bc, ac = step.before.campaign, step.after.campaign
+    return bc.state is not C.ABORTED and ac.state is C.ABORTED
+
+
 def waves_started(step: Step) -> range:
-    first = (
-        0
-        if step.op.kind == "start" and step.error is None
-        else step.before.campaign.current_wave + 1
-    )
-    return range(first, step.after.campaign.current_wave + 1)
+    bc, ac = step.before.campaign, step.after.campaign
+    if step.op.kind == "start" and step.error is None:
+        first = 0
+    elif bc.awaiting_start:
+        first = bc.current_wave
+    else:
+        first = bc.current_wave + 1
+    last = ac.current_wave - 1 if ac.awaiting_start else ac.current_wave
+    return range(first, last + 1)
 
 
 def expected_wave_starts(step: Step) -> dict[int, Action]:
@@ -499,9 +588,18 @@ def check_step(step: Step, config: Config) -> None:
         changes = check_check_in(step)
         assert ac == bc
     elif kind == "start":
-        assert ac == replace(bc, state=C.RUNNING, updated_at=now, current_wave=ac.current_wave)
+        assert ac == replace(
+            bc,
+            state=C.RUNNING,
+            updated_at=now,
+            current_wave=ac.current_wave,
+            started_at=now,
+            awaiting_start=ac.awaiting_start,
+        )
         for w in range(ac.current_wave):
-            assert wave_decision(a, w) == "next wave", w
+            assert wave_decision(a, w, now) == "next wave", w
+        if ac.awaiting_start:
+            assert ac.current_wave == 0 and not gate_open(ac, 0, now)
         assert step.result == ac
     elif kind == "pause":
         reason = op.text.strip() or "paused by operator"
@@ -531,16 +629,17 @@ def check_step(step: Step, config: Config) -> None:
             accepted_waves=accepted,
             auto_paused=ac.auto_paused,
             current_wave=ac.current_wave,
+            awaiting_start=ac.awaiting_start,
         )
         for w in range(bc.current_wave, ac.current_wave):
-            assert wave_decision(a, w) == "next wave", w
+            assert wave_decision(a, w, now) == "next wave", w
         if ac.state is C.PAUSED:
             assert ac.auto_paused and ac.pause_reason
-            assert wave_decision(a, ac.current_wave).startswith("pause")
+            assert wave_decision(a, ac.current_wave, now).startswith("pause")
         else:
             assert not ac.auto_paused and ac.pause_reason == ""
         if ac.state is C.COMPLETED:
-            assert wave_decision(a, ac.current_wave) == "complete"
+            assert wave_decision(a, ac.current_wave, now) == "complete"
         assert step.result == ac
     elif kind == "report":
         changes = check_report(step, config)
@@ -549,6 +648,12 @@ def check_step(step: Step, config: Config) -> None:
     else:
         raise AssertionError(kind)
     changes.update(expected_wave_starts(step))
+    if kind in ("report", "tick") and aborted_by_criterion(step):
+        # Aborted as ``abort`` does: what the vehicles have not started installing.
+        for x in b.actions:
+            current = changes.get(x.key, x)
+            if current.state in CANCELABLE_STATES:
+                changes[x.key] = replace(current, state=S.CANCELED, updated_at=now)
     after = a.by_key()
     for x in b.actions:
         assert after[x.key] == changes.get(x.key, x), f"{op}: {x} became {after[x.key]}"
@@ -611,24 +716,52 @@ def check_tick(step: Step, config: Config) -> dict[int, Action]:
             x for x in b.actions if x.state in ACTIVE_ACTION_STATES and x.updated_at < now - timeout
         ]
     assert step.result == len(stale)
+    # The timeouts in key order; an abort criterion met on the way cancels
+    # what the vehicles have not started installing, the rest of the stale
+    # actions included (and then no retry).
+    current = b.by_key()
+    aborted = bc.state is C.ABORTED
     changes = {}
     for x in stale:
-        retry = x.attempts <= config.max_retries and bc.state is not C.ABORTED
-        changes[x.key] = replace(
+        if current[x.key].state is not x.state:
+            continue  # canceled by the abort
+        retry = x.attempts <= config.max_retries and not aborted
+        current[x.key] = changes[x.key] = replace(
             x,
             state=S.PENDING if retry else S.FAILED,
             updated_at=now,
             failure_step="timeout",
             failure_reason=f"no report for {timeout} s",
         )
-    evaluated = any(x.state is S.FAILED for x in changes.values())
+        if not retry and not aborted and criteria_apply(bc):
+            snap = replace(b, actions=tuple(current.values()))
+            if abort_decision(snap) is not None:
+                aborted = True
+                for y in list(current.values()):
+                    if y.state in CANCELABLE_STATES:
+                        current[y.key] = changes[y.key] = replace(
+                            y, state=S.CANCELED, updated_at=now
+                        )
+    evaluated = any(x.state is S.FAILED for x in changes.values()) or (
+        bc.state is C.RUNNING and gate_opened(bc, now)
+    )
+    assert aborted == (step.after.campaign.state is C.ABORTED)
     check_evaluation(step, evaluated, exact_waves=False)
     return changes
 
 
 def check_evaluation(step: Step, evaluated: bool, *, exact_waves: bool = True) -> None:
-    """A report or tick changes the campaign only by applying the wave rules."""
-    bc, ac, a = step.before.campaign, step.after.campaign, step.after
+    """A report or tick changes the campaign only by applying the rules."""
+    bc, ac, a, now = step.before.campaign, step.after.campaign, step.after, step.now
+    if aborted_by_criterion(step):
+        assert evaluated and criteria_apply(bc), f"{step.op} aborted without a decision"
+        assert ac.pause_reason.startswith("abort criterion: "), ac.pause_reason
+        if exact_waves:  # a report: the criterion holds right after its outcome
+            assert ac.pause_reason == abort_decision(a)
+            assert ac == replace(bc, state=C.ABORTED, updated_at=now, pause_reason=ac.pause_reason)
+        return
+    if evaluated and criteria_apply(bc):
+        assert abort_decision(a) is None, "an abort criterion is met but did not abort"
     if not evaluated or bc.state is not C.RUNNING:
         assert ac == bc, f"{step.op} changed the campaign without a decision"
         return
@@ -639,21 +772,22 @@ def check_evaluation(step: Step, evaluated: bool, *, exact_waves: bool = True) -
         updated_at=ac.updated_at,
         pause_reason=ac.pause_reason,
         auto_paused=ac.auto_paused,
+        awaiting_start=ac.awaiting_start,
     )
     if ac != bc:
-        assert ac.updated_at == step.now
+        assert ac.updated_at == now
     if exact_waves:
         # (A tick may fail more actions of a wave after it moved past it.)
         for w in range(bc.current_wave, ac.current_wave):
-            assert wave_decision(a, w) == "next wave", w
+            assert wave_decision(a, w, now) == "next wave", w
     if ac.state is C.PAUSED:
         assert ac.pause_reason, "automatic pause without a reason"
         assert ac.auto_paused, "automatic pause not marked as one"
-        assert wave_decision(a, ac.current_wave).startswith("pause"), ac.pause_reason
+        assert wave_decision(a, ac.current_wave, now).startswith("pause"), ac.pause_reason
     else:
         assert ac.pause_reason == bc.pause_reason and ac.auto_paused == bc.auto_paused
         if ac.state is C.COMPLETED:
-            assert wave_decision(a, ac.current_wave) == "complete"
+            assert wave_decision(a, ac.current_wave, now) == "complete"
 
 
 # ---------------------------------------------------------- state invariants
@@ -684,7 +818,7 @@ def check_state(driver: Driver, *, strict_completion: bool = True) -> None:
     for x in actions:
         if c.state is C.DRAFT:
             assert x.state is S.SCHEDULED and c.current_wave == 0
-        elif x.wave > c.current_wave:
+        elif x.wave > c.current_wave or (x.wave == c.current_wave and c.awaiting_start):
             later = S.CANCELED if c.state is C.ABORTED else S.SCHEDULED
             assert x.state is later, f"{x} ahead of wave {c.current_wave}"
         else:
@@ -718,8 +852,13 @@ def check_state(driver: Driver, *, strict_completion: bool = True) -> None:
         assert "threshold" in c.pause_reason, c.pause_reason
     if c.state is C.RUNNING:
         # The rules are applied as soon as they can be: a running campaign never
-        # sits on a wave that should have paused it, moved on or completed.
-        assert wave_decision(snap, c.current_wave) == "wait", wave_decision(snap, c.current_wave)
+        # sits on a wave that should have paused it, moved on or completed. Time
+        # gates are looked at by tick, start and resume: a wave whose time came
+        # after the last of these waits for the next tick.
+        decision = wave_decision(snap, c.current_wave, driver.gates_checked_at)
+        assert decision == "wait", decision
+    if c.state in (C.RUNNING, C.PAUSED):
+        assert abort_decision(snap) is None, "an abort criterion is met"
     if c.state is C.ABORTED:
         assert not [x for x in actions if x.state in CANCELABLE_STATES]
 
@@ -730,6 +869,19 @@ wave_specs = st.one_of(
     st.sampled_from([10.0, 25.0, 33.3, 50.0, 100.0]).map(lambda p: WaveSpec(percent=p)),
 )
 thresholds = st.one_of(st.sampled_from([0.0, 50.0, 100.0]), st.integers(0, 100).map(float))
+abort_criteria = st.one_of(
+    st.just(()),
+    st.lists(
+        st.builds(
+            AbortCriterion,
+            failure=st.sampled_from(ABORT_FAILURES),
+            threshold_pct=st.sampled_from([10.0, 20.0, 34.0, 50.0, 100.0]),
+            min_executed=st.integers(1, 3),
+        ),
+        min_size=1,
+        max_size=2,
+    ).map(tuple),
+)
 configs = st.builds(
     Config,
     fleet=st.integers(3, 12),
@@ -738,6 +890,12 @@ configs = st.builds(
     error=thresholds,
     max_retries=st.integers(0, 2),
     timeout=st.sampled_from([0, 30, 60]),
+    # Mostly no time gates; sometimes gates a few advances away (on wave 0 rarely,
+    # which holds everything back).
+    delays=st.tuples(
+        st.sampled_from([0] * 5 + [30]), st.sampled_from([0, 30, 60, 120]), st.just(0)
+    ).map(lambda d: d if any(d) else ()),
+    criteria=abort_criteria,
 )
 REPORTABLE = [S.SUCCEEDED, S.DOWNLOADING, S.INSTALLING, S.FAILED, S.ROLLED_BACK]
 # Mostly what a vehicle may report; sometimes what it may not.
@@ -831,6 +989,10 @@ class CampaignMachine(RuleBasedStateMachine):
             event(f"final campaign state: {c.state.value}")
             event(f"waves started: {c.current_wave + 1} of {len(c.wave_sizes)}")
             event(f"actions ended: {'all' if ended == len(actions) else bool(ended)}")
+            if c.abort_criteria:
+                event(f"aborted by a criterion: {c.pause_reason.startswith('abort criterion')}")
+            if any(c.wave_start_after_s):
+                event(f"timed waves, waves started: {c.current_wave + 1 - c.awaiting_start}")
         self.store.close()
         if self.tmp is not None:
             self.tmp.cleanup()
@@ -1019,3 +1181,55 @@ def test_completed_campaign_leaves_no_action_unfinished_random():
             phases=[Phase.generate],
         ),
     )
+
+
+# -------------------------------------------------------------- rollout rate
+@settings(BASE, max_examples=150)
+@given(
+    base=st.integers(1, 400),
+    size=st.integers(1, 60),
+    ticks=st.lists(st.sampled_from([0.0, 0.1, 1.0, 2.5, 7.0, 10.0, 59.9, 60.0]), max_size=25),
+    pause_at=st.integers(-1, 25),
+)
+def test_rate_releases_floor_of_rate_times_running_time(base, size, ticks, pause_at):
+    """At a constant rate the released count is floor(rate * running time / 60), capped.
+
+    Ticks come at arbitrary times; an operator pause in between gives no credit;
+    releases go lowest key first; never more than the wave holds.
+    """
+    store = MemoryStore()
+    clock = FakeClock()
+    engine = CampaignEngine(store, clock)
+    (rel,) = seed(store, [vehicle(i) for i in range(size)])
+    campaign = engine.create(
+        CampaignSpec(name="rate", release_id=rel.release_id, rollout_rate=RolloutRate(base))
+    )
+    engine.start(campaign.campaign_id)
+    keys = [a.key for a in store.run(lambda tx: tx.list_actions(campaign.key, limit=1000))]
+    running_s = 0.0
+    exact = True  # whether the floor is exact so far (no credit dropped at the cap)
+    for index, step in enumerate(ticks):
+        if index == pause_at:
+            engine.pause(campaign.campaign_id)
+            clock.advance(step)
+            engine.tick()
+            engine.resume(campaign.campaign_id)
+            continue
+        clock.advance(step)
+        running_s += step
+        engine.tick()
+        status = engine.status(campaign.campaign_id)
+        released = status.campaign.released
+        owed = math.floor(base * running_s / 60.0 + 1e-9)
+        if exact:
+            assert released == min(owed, size), (released, owed, size)
+        exact = exact and owed < size
+        assert released <= size
+        pending = [
+            a.key
+            for a in store.run(
+                lambda tx: tx.list_actions(campaign.key, states=(S.PENDING,), limit=1000)
+            )
+        ]
+        assert pending == keys[:released]
+        assert status.totals().get(S.SCHEDULED, 0) == size - released

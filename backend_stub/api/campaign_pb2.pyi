@@ -3,6 +3,7 @@ import datetime
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from backend_stub.api import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -10,16 +11,62 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class RateIncreaseOn(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RATE_INCREASE_ON_UNSPECIFIED: _ClassVar[RateIncreaseOn]
+    RATE_INCREASE_ON_NOTIFIED: _ClassVar[RateIncreaseOn]
+    RATE_INCREASE_ON_SUCCEEDED: _ClassVar[RateIncreaseOn]
+
+class AbortFailure(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ABORT_FAILURE_UNSPECIFIED: _ClassVar[AbortFailure]
+    ABORT_FAILURE_FAILED: _ClassVar[AbortFailure]
+    ABORT_FAILURE_ROLLED_BACK: _ClassVar[AbortFailure]
+    ABORT_FAILURE_ANY: _ClassVar[AbortFailure]
+RATE_INCREASE_ON_UNSPECIFIED: RateIncreaseOn
+RATE_INCREASE_ON_NOTIFIED: RateIncreaseOn
+RATE_INCREASE_ON_SUCCEEDED: RateIncreaseOn
+ABORT_FAILURE_UNSPECIFIED: AbortFailure
+ABORT_FAILURE_FAILED: AbortFailure
+ABORT_FAILURE_ROLLED_BACK: AbortFailure
+ABORT_FAILURE_ANY: AbortFailure
+
 class WaveSpec(_message.Message):
-    __slots__ = ("count", "percent")
+    __slots__ = ("count", "percent", "start_after_s")
     COUNT_FIELD_NUMBER: _ClassVar[int]
     PERCENT_FIELD_NUMBER: _ClassVar[int]
+    START_AFTER_S_FIELD_NUMBER: _ClassVar[int]
     count: int
     percent: float
-    def __init__(self, count: _Optional[int] = ..., percent: _Optional[float] = ...) -> None: ...
+    start_after_s: float
+    def __init__(self, count: _Optional[int] = ..., percent: _Optional[float] = ..., start_after_s: _Optional[float] = ...) -> None: ...
+
+class RolloutRate(_message.Message):
+    __slots__ = ("base_per_minute", "increment_factor", "increase_every", "increase_on", "maximum_per_minute")
+    BASE_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    INCREMENT_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    INCREASE_EVERY_FIELD_NUMBER: _ClassVar[int]
+    INCREASE_ON_FIELD_NUMBER: _ClassVar[int]
+    MAXIMUM_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    base_per_minute: int
+    increment_factor: float
+    increase_every: int
+    increase_on: RateIncreaseOn
+    maximum_per_minute: int
+    def __init__(self, base_per_minute: _Optional[int] = ..., increment_factor: _Optional[float] = ..., increase_every: _Optional[int] = ..., increase_on: _Optional[_Union[RateIncreaseOn, str]] = ..., maximum_per_minute: _Optional[int] = ...) -> None: ...
+
+class AbortCriterion(_message.Message):
+    __slots__ = ("failure", "threshold_pct", "min_executed")
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_PCT_FIELD_NUMBER: _ClassVar[int]
+    MIN_EXECUTED_FIELD_NUMBER: _ClassVar[int]
+    failure: AbortFailure
+    threshold_pct: float
+    min_executed: int
+    def __init__(self, failure: _Optional[_Union[AbortFailure, str]] = ..., threshold_pct: _Optional[float] = ..., min_executed: _Optional[int] = ...) -> None: ...
 
 class CreateCampaignRequest(_message.Message):
-    __slots__ = ("name", "release_id", "filter", "waves", "success_threshold_pct", "error_threshold_pct", "max_retries", "action_timeout_s", "force", "request_id")
+    __slots__ = ("name", "release_id", "filter", "waves", "success_threshold_pct", "error_threshold_pct", "max_retries", "action_timeout_s", "force", "request_id", "rollout_rate", "abort_criteria")
     NAME_FIELD_NUMBER: _ClassVar[int]
     RELEASE_ID_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +77,8 @@ class CreateCampaignRequest(_message.Message):
     ACTION_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     FORCE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_RATE_FIELD_NUMBER: _ClassVar[int]
+    ABORT_CRITERIA_FIELD_NUMBER: _ClassVar[int]
     name: str
     release_id: str
     filter: _common_pb2.VehicleFilter
@@ -40,7 +89,9 @@ class CreateCampaignRequest(_message.Message):
     action_timeout_s: int
     force: bool
     request_id: str
-    def __init__(self, name: _Optional[str] = ..., release_id: _Optional[str] = ..., filter: _Optional[_Union[_common_pb2.VehicleFilter, _Mapping]] = ..., waves: _Optional[_Iterable[_Union[WaveSpec, _Mapping]]] = ..., success_threshold_pct: _Optional[float] = ..., error_threshold_pct: _Optional[float] = ..., max_retries: _Optional[int] = ..., action_timeout_s: _Optional[int] = ..., force: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+    rollout_rate: RolloutRate
+    abort_criteria: _containers.RepeatedCompositeFieldContainer[AbortCriterion]
+    def __init__(self, name: _Optional[str] = ..., release_id: _Optional[str] = ..., filter: _Optional[_Union[_common_pb2.VehicleFilter, _Mapping]] = ..., waves: _Optional[_Iterable[_Union[WaveSpec, _Mapping]]] = ..., success_threshold_pct: _Optional[float] = ..., error_threshold_pct: _Optional[float] = ..., max_retries: _Optional[int] = ..., action_timeout_s: _Optional[int] = ..., force: _Optional[bool] = ..., request_id: _Optional[str] = ..., rollout_rate: _Optional[_Union[RolloutRate, _Mapping]] = ..., abort_criteria: _Optional[_Iterable[_Union[AbortCriterion, _Mapping]]] = ...) -> None: ...
 
 class CampaignRequest(_message.Message):
     __slots__ = ("campaign_id", "reason")
@@ -51,19 +102,23 @@ class CampaignRequest(_message.Message):
     def __init__(self, campaign_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class WaveStatus(_message.Message):
-    __slots__ = ("index", "size", "counts", "started")
+    __slots__ = ("index", "size", "counts", "started", "start_after_s", "starts_at")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     COUNTS_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
+    START_AFTER_S_FIELD_NUMBER: _ClassVar[int]
+    STARTS_AT_FIELD_NUMBER: _ClassVar[int]
     index: int
     size: int
     counts: _containers.RepeatedCompositeFieldContainer[_common_pb2.StateCount]
     started: bool
-    def __init__(self, index: _Optional[int] = ..., size: _Optional[int] = ..., counts: _Optional[_Iterable[_Union[_common_pb2.StateCount, _Mapping]]] = ..., started: _Optional[bool] = ...) -> None: ...
+    start_after_s: float
+    starts_at: _timestamp_pb2.Timestamp
+    def __init__(self, index: _Optional[int] = ..., size: _Optional[int] = ..., counts: _Optional[_Iterable[_Union[_common_pb2.StateCount, _Mapping]]] = ..., started: _Optional[bool] = ..., start_after_s: _Optional[float] = ..., starts_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Campaign(_message.Message):
-    __slots__ = ("campaign_id", "name", "release_id", "state", "pause_reason", "current_wave", "waves", "counts", "success_threshold_pct", "error_threshold_pct", "max_retries", "action_timeout_s", "target_count", "excluded_count", "filter", "created_at", "updated_at")
+    __slots__ = ("campaign_id", "name", "release_id", "state", "pause_reason", "current_wave", "waves", "counts", "success_threshold_pct", "error_threshold_pct", "max_retries", "action_timeout_s", "target_count", "excluded_count", "filter", "created_at", "updated_at", "rollout_rate", "abort_criteria", "rate_per_minute", "released", "started_at")
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     RELEASE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +136,11 @@ class Campaign(_message.Message):
     FILTER_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_RATE_FIELD_NUMBER: _ClassVar[int]
+    ABORT_CRITERIA_FIELD_NUMBER: _ClassVar[int]
+    RATE_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     campaign_id: str
     name: str
     release_id: str
@@ -98,7 +158,12 @@ class Campaign(_message.Message):
     filter: _common_pb2.VehicleFilter
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, campaign_id: _Optional[str] = ..., name: _Optional[str] = ..., release_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.CampaignState, str]] = ..., pause_reason: _Optional[str] = ..., current_wave: _Optional[int] = ..., waves: _Optional[_Iterable[_Union[WaveStatus, _Mapping]]] = ..., counts: _Optional[_Iterable[_Union[_common_pb2.StateCount, _Mapping]]] = ..., success_threshold_pct: _Optional[float] = ..., error_threshold_pct: _Optional[float] = ..., max_retries: _Optional[int] = ..., action_timeout_s: _Optional[int] = ..., target_count: _Optional[int] = ..., excluded_count: _Optional[int] = ..., filter: _Optional[_Union[_common_pb2.VehicleFilter, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    rollout_rate: RolloutRate
+    abort_criteria: _containers.RepeatedCompositeFieldContainer[AbortCriterion]
+    rate_per_minute: float
+    released: int
+    started_at: _timestamp_pb2.Timestamp
+    def __init__(self, campaign_id: _Optional[str] = ..., name: _Optional[str] = ..., release_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.CampaignState, str]] = ..., pause_reason: _Optional[str] = ..., current_wave: _Optional[int] = ..., waves: _Optional[_Iterable[_Union[WaveStatus, _Mapping]]] = ..., counts: _Optional[_Iterable[_Union[_common_pb2.StateCount, _Mapping]]] = ..., success_threshold_pct: _Optional[float] = ..., error_threshold_pct: _Optional[float] = ..., max_retries: _Optional[int] = ..., action_timeout_s: _Optional[int] = ..., target_count: _Optional[int] = ..., excluded_count: _Optional[int] = ..., filter: _Optional[_Union[_common_pb2.VehicleFilter, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rollout_rate: _Optional[_Union[RolloutRate, _Mapping]] = ..., abort_criteria: _Optional[_Iterable[_Union[AbortCriterion, _Mapping]]] = ..., rate_per_minute: _Optional[float] = ..., released: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListCampaignsRequest(_message.Message):
     __slots__ = ("page_size", "page_token")

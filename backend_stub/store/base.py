@@ -121,8 +121,14 @@ class Tx(Protocol):
         states: Collection[ActionState],
         to: ActionState,
         at: float,
+        limit: int | None = None,
     ) -> int:
-        """Move every action of a campaign (or one wave) in ``states`` to ``to``; return count."""
+        """Move the actions of a campaign (or one wave) in ``states`` to ``to``; return count.
+
+        ``limit`` moves at most that many, lowest keys first (``None``: all).
+        Moving a wave's SCHEDULED actions costs a store O(moved), not a scan
+        of the wave: a rollout rate moves a few at a time from a wave of millions.
+        """
 
     def wave_counts(
         self, campaign_key: int, wave: int | None = None

@@ -9,6 +9,8 @@ report.
 from __future__ import annotations
 
 import bisect
+import heapq
+import itertools
 import threading
 from array import array
 from collections import defaultdict
@@ -264,21 +266,35 @@ class _MemoryTx:
         states: Collection[ActionState],
         to: ActionState,
         at: float,
+        limit: int | None = None,
     ) -> int:
         campaign = self._s.campaigns[campaign_key]
         waves = range(len(campaign.wave_sizes)) if wave is None else (wave,)
+        # No action ever becomes SCHEDULED again: a move of SCHEDULED actions
+        # starts at the wave's cursor (everything before it has left that
+        # state) and leaves the cursor where it stopped.
+        scheduled_only = len(states) == 1 and ActionState.SCHEDULED in states
         moved = 0
         for index in waves:
+            if limit is not None and moved >= limit:
+                break
             counts = self._s.counts[campaign_key][index]
             if not any(counts.get(s, 0) for s in states):
                 continue
-            for key in self._s.by_wave.get((campaign_key, index), ()):
-                action = self._s.actions[key]
+            keys = self._s.by_wave.get((campaign_key, index), [])
+            cursor_key = (campaign_key, index)
+            start = self._s.cursors.get(cursor_key, 0) if scheduled_only else 0
+            position = start
+            while position < len(keys) and (limit is None or moved < limit):
+                action = self._s.actions[keys[position]]
+                position += 1
                 if action.state in states and action.state is not to:
                     self.update_action(
                         copy_with(action, {"state": to, "updated_at": at}), expected=action.state
                     )
                     moved += 1
+            if scheduled_only and position != start:
+                self._set(self._s.cursors, cursor_key, position)
         return moved
 
     def wave_counts(
@@ -308,15 +324,19 @@ class _MemoryTx:
         campaign = self._s.campaigns.get(campaign_key)
         if campaign is None:
             return []
-        keys = sorted(
-            k
-            for w in range(len(campaign.wave_sizes))
-            for k in self._s.by_wave.get((campaign_key, w), ())
-            if k > after_key
-        )
+        # Each wave's keys are ascending (allocated in one range), so a merge
+        # of the waves from ``after_key`` on costs what the page costs, not a
+        # sort of every key of the campaign.
+        runs = []
+        for w in range(len(campaign.wave_sizes)):
+            keys = self._s.by_wave.get((campaign_key, w), [])
+            start = bisect.bisect_right(keys, after_key)
+            if start < len(keys):
+                runs.append(itertools.islice(keys, start, None))
+        actions = self._s.actions
         found: list[Action] = []
-        for key in keys:
-            action = self._s.actions[key]
+        for key in heapq.merge(*runs):
+            action = actions[key]
             if not states or action.state in states:
                 found.append(action)
                 if len(found) >= limit:
@@ -381,6 +401,9 @@ class MemoryStore:
         self.actions: dict[int, Action] = {}
         self.by_vin: defaultdict[str, list[int]] = defaultdict(list)
         self.by_wave: dict[tuple[int, int], list[int]] = {}
+        # Per (campaign, wave): the index in ``by_wave`` of the first action
+        # that may still be SCHEDULED (absent: 0).
+        self.cursors: dict[tuple[int, int], int] = {}
         self.counts: defaultdict[int, defaultdict[int, dict[ActionState, int]]] = defaultdict(
             lambda: defaultdict(dict)
         )
@@ -422,6 +445,16 @@ class MemoryStore:
             except BaseException:
                 tx.rollback()
                 raise
+
+    def campaign_events(self, campaign_key: int) -> list[CampaignEvent]:
+        """Return a campaign's events in order, as stored (their ``key`` is not filled in).
+
+        For whoever holds the store itself, such as a modeled fleet reading a
+        million vehicles' history: ``events_after`` copies every event to set
+        its key.
+        """
+        with self._lock:
+            return list(self.events.get(campaign_key, ()))
 
     def close(self) -> None:
         """Nothing to release."""

@@ -33,6 +33,7 @@ from backend_stub.errors import InvalidArgument, StoreError
 from backend_stub.model import (
     ACTIVE_ACTION_STATES,
     UNFINISHED_STATES,
+    AbortCriterion,
     Action,
     ActionState,
     Artifact,
@@ -42,6 +43,7 @@ from backend_stub.model import (
     EcuInfo,
     Release,
     ReleaseImage,
+    RolloutRate,
     Vehicle,
     VehicleFilter,
     as_fields,
@@ -50,7 +52,7 @@ from backend_stub.store.base import touch_in
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _RETRIES = 8
 # How long SQLite waits for another writer's lock before "database is locked".
 _SQLITE_BUSY_TIMEOUT_S = 30
@@ -129,6 +131,31 @@ campaigns = sa.Table(
     sa.Column("accepted_waves", sa.Text, nullable=False),
     sa.Column("auto_paused", sa.Boolean, nullable=False),
     sa.Column("request_id", sa.String(100), nullable=True, unique=True),
+    # Schema version 2: timed waves, rollout rate, abort criteria. Server
+    # defaults let a version-1 table gain the columns in place.
+    sa.Column("started_at", sa.Float, nullable=True),
+    sa.Column("wave_start_after_s", sa.Text, nullable=False, server_default="[]"),
+    sa.Column("awaiting_start", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("rollout_rate", sa.Text, nullable=True),
+    sa.Column("abort_criteria", sa.Text, nullable=False, server_default="[]"),
+    sa.Column("rate_per_minute", sa.Float, nullable=False, server_default=sa.text("0")),
+    sa.Column("released", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("rate_mark", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("release_credit", sa.Float, nullable=False, server_default=sa.text("0")),
+    sa.Column("released_at", sa.Float, nullable=True),
+)
+# The columns version 2 added to ``campaigns``, in order.
+_V2_CAMPAIGN_COLUMNS = (
+    "started_at",
+    "wave_start_after_s",
+    "awaiting_start",
+    "rollout_rate",
+    "abort_criteria",
+    "rate_per_minute",
+    "released",
+    "rate_mark",
+    "release_credit",
+    "released_at",
 )
 
 actions = sa.Table(
@@ -146,7 +173,9 @@ actions = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.UniqueConstraint("campaign_key", "vin"),
     sa.Index("ix_actions_vin_state", "vin", "state"),
-    sa.Index("ix_actions_wave_state", "campaign_key", "wave", "state"),
+    # With the key last, a wave's SCHEDULED actions are read in key order
+    # straight off the index (the rollout rate's bounded move).
+    sa.Index("ix_actions_wave_state_key", "campaign_key", "wave", "state", "key"),
     sa.Index("ix_actions_state_updated", "campaign_key", "state", "updated_at"),
 )
 
@@ -251,6 +280,16 @@ def _campaign(row: sa.Row[Any]) -> Campaign:
         accepted_waves=tuple(json.loads(row.accepted_waves)),
         auto_paused=bool(row.auto_paused),
         request_id=row.request_id or "",
+        started_at=row.started_at,
+        wave_start_after_s=tuple(json.loads(row.wave_start_after_s)),
+        awaiting_start=bool(row.awaiting_start),
+        rollout_rate=RolloutRate(**json.loads(row.rollout_rate)) if row.rollout_rate else None,
+        abort_criteria=tuple(AbortCriterion(**c) for c in json.loads(row.abort_criteria)),
+        rate_per_minute=row.rate_per_minute,
+        released=row.released,
+        rate_mark=row.rate_mark,
+        release_credit=row.release_credit,
+        released_at=row.released_at,
     )
 
 
@@ -274,6 +313,18 @@ def _campaign_values(campaign: Campaign) -> dict[str, Any]:
         "accepted_waves": _dump(list(campaign.accepted_waves)),
         "auto_paused": campaign.auto_paused,
         "request_id": campaign.request_id or None,
+        "started_at": campaign.started_at,
+        "wave_start_after_s": _dump(list(campaign.wave_start_after_s)),
+        "awaiting_start": campaign.awaiting_start,
+        "rollout_rate": (
+            _dump(as_fields(campaign.rollout_rate)) if campaign.rollout_rate is not None else None
+        ),
+        "abort_criteria": _dump([as_fields(c) for c in campaign.abort_criteria]),
+        "rate_per_minute": campaign.rate_per_minute,
+        "released": campaign.released,
+        "rate_mark": campaign.rate_mark,
+        "release_credit": campaign.release_credit,
+        "released_at": campaign.released_at,
     }
 
 
@@ -583,13 +634,23 @@ class _SqlTx:
         states: Collection[ActionState],
         to: ActionState,
         at: float,
+        limit: int | None = None,
     ) -> int:
-        statement = sa.update(actions).where(
+        conditions = [
             actions.c.campaign_key == campaign_key,
             actions.c.state.in_(_states(s for s in states if s is not to)),
-        )
+        ]
         if wave is not None:
-            statement = statement.where(actions.c.wave == wave)
+            conditions.append(actions.c.wave == wave)
+        if limit is None:
+            statement = sa.update(actions).where(*conditions)
+        else:
+            if limit <= 0:
+                return 0
+            # The lowest keys first: UPDATE ... WHERE key IN (SELECT ... LIMIT n)
+            # (SQLite and PostgreSQL alike; neither needs UPDATE ... LIMIT).
+            chosen = sa.select(actions.c.key).where(*conditions).order_by(actions.c.key)
+            statement = sa.update(actions).where(actions.c.key.in_(chosen.limit(limit)))
         return int(self.conn.execute(statement.values(state=to.value, updated_at=at)).rowcount)
 
     def wave_counts(
@@ -677,6 +738,26 @@ class _SqlTx:
         return self.conn.execute(inserted).first() is not None
 
 
+def _migrate_v1_to_v2(conn: Connection) -> None:
+    """Bring a version-1 database to version 2 in place, in the caller's transaction.
+
+    The campaigns table gains the columns of timed waves, rollout rates and
+    abort criteria, with defaults that keep every existing campaign's rules
+    as they were; the wave index gains the action key. A replica migrating at
+    the same moment fails on the duplicate column and retries, then finds
+    version 2.
+    """
+    for name in _V2_CAMPAIGN_COLUMNS:
+        column = sa.schema.CreateColumn(campaigns.c[name]).compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE campaigns ADD COLUMN {column}")
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_actions_wave_state")
+    for index in actions.indexes:
+        if index.name == "ix_actions_wave_state_key":
+            index.create(conn, checkfirst=True)
+    conn.execute(sa.update(schema_info).values(version=SCHEMA_VERSION))
+    log.info("database schema migrated from version 1 to %d", SCHEMA_VERSION)
+
+
 def sqlite_url(data_dir: str | Path) -> str:
     """Return the URL of the backend's SQLite file in ``data_dir``."""
     return f"sqlite:///{Path(data_dir).resolve() / 'backend.sqlite3'}"
@@ -751,6 +832,8 @@ class SqlStore:
                     found = conn.execute(sa.select(schema_info.c.version)).scalars().all()
                     if not found:
                         conn.execute(sa.insert(schema_info).values(version=SCHEMA_VERSION))
+                    elif max(found) == 1:
+                        _migrate_v1_to_v2(conn)
                     elif max(found) != SCHEMA_VERSION:
                         raise StoreError(
                             f"the database has schema version {max(found)}; this backend "
