@@ -7,12 +7,17 @@ accepts each automatic pause after a review), so that every wave runs and
 every targeted vehicle goes through check-in, download, installation and its
 report: the whole campaign, not only its first waves.
 
-The environment counts every SimPy event it processes and records, for every
-process, when it started and every timeout it asked for. Afterwards, in the
-same child, a bare SimPy model replays exactly those processes and timeouts
-with no logic at all (no backend, no vehicle model); the ratio of the two
-event rates is the share of SimPy's own speed that the scenario keeps. The
-recording costs our run some time and memory, and that cost is counted.
+The timed run is the scenario as ``hil scenario run fleet`` runs it; its
+environment only counts the SimPy events it processes. A second, untimed run
+with the same seed records, for every process, when it started and every
+timeout it asked for; its log digest and event count must equal the timed
+run's, which shows both runs processed the same events. Then, in the same
+child, a bare SimPy model replays exactly those processes and timeouts with
+no logic at all (no backend, no vehicle model), in an environment that counts
+its events the same way; the ratio of the two event rates is the share of
+SimPy's own speed that the scenario keeps. Wall time covers the whole
+scenario (building the world, the campaign, the final checks), while the
+bare model times only its event loop. Peak memory is read after the timed run.
 
     python bench/fleet_scale.py [--sizes 100000 1000000] [--seed 0] [--json]
 """
@@ -20,6 +25,7 @@ recording costs our run some time and memory, and that cost is counted.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import resource
 import subprocess
@@ -108,29 +114,57 @@ def child(size: int, seed: int) -> dict[str, Any]:
 
     scenario = get_scenario("fleet")
     params = make_params(scenario, {"vehicles": size, "on_pause": "resume", "expect": "any"})
-    env = RecordingEnvironment()
+    counted = CountingEnvironment()
     with tempfile.TemporaryDirectory() as directory:
         began = time.perf_counter()
         run = execute(
-            scenario, params, seed=seed, directory=Path(directory), keep_log=False, environment=env
+            scenario,
+            params,
+            seed=seed,
+            directory=Path(directory),
+            keep_log=False,
+            environment=counted,
         )
         wall = time.perf_counter() - began
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
-    bare_s, bare_events = bare_replay(env.starts, env.owners, env.delays)
+    figures = {k: v for k, v in run.figures.items() if not isinstance(v, dict)}
+    calls = run.figures.get("backend calls", {})
+    passed, error, digest = run.passed, run.error, run.log.digest()
+    del run
+    gc.collect()
+
+    recording = RecordingEnvironment()
+    with tempfile.TemporaryDirectory() as directory:
+        again = execute(
+            scenario,
+            params,
+            seed=seed,
+            directory=Path(directory),
+            keep_log=False,
+            environment=recording,
+        )
+    if again.log.digest() != digest or recording.steps != counted.steps:
+        raise SystemExit(
+            f"the recording run differs from the timed run: {recording.steps} events, "
+            f"log {again.log.digest()[:16]}, against {counted.steps} and {digest[:16]}"
+        )
+    del again
+    gc.collect()
+    bare_s, bare_events = bare_replay(recording.starts, recording.owners, recording.delays)
     return {
         "vehicles": size,
-        "passed": run.passed,
-        "error": run.error,
+        "passed": passed,
+        "error": error,
         "wall_s": wall,
-        "events": env.steps,
-        "events_per_s": env.steps / wall,
+        "events": counted.steps,
+        "events_per_s": counted.steps / wall,
         "peak_gib": peak_gib,
         "bare_s": bare_s,
         "bare_events": bare_events,
         "bare_events_per_s": bare_events / bare_s,
-        "digest": run.log.digest(),
-        "figures": {k: v for k, v in run.figures.items() if not isinstance(v, dict)},
-        "calls": run.figures.get("backend calls", {}),
+        "digest": digest,
+        "figures": figures,
+        "calls": calls,
     }
 
 

@@ -26,23 +26,26 @@ from collections import Counter
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import simpy
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backend_stub.artifacts import ArtifactStore
-from backend_stub.engine import CampaignStatus
-from backend_stub.errors import BackendError
+from backend_stub.engine import CampaignStatus, check_spec
+from backend_stub.errors import BackendError, InvalidArgument
 from backend_stub.model import (
     ACTIVE_ACTION_STATES,
+    AbortCriterion,
     ActionState,
     Campaign,
+    CampaignEvent,
     CampaignSpec,
     CampaignState,
     DeploymentReport,
     EcuInfo,
+    RolloutRate,
     Vehicle,
     VehicleFilter,
     WaveSpec,
@@ -172,10 +175,12 @@ class ReleaseParams(_Model):
 
 
 class Wave(_Model):
-    """A wave: a count of vehicles or a percentage of the targets."""
+    """A wave: a count of vehicles or a percentage of the targets, and when it may start."""
 
     count: int | None = Field(default=None, gt=0)
     percent: float | None = Field(default=None, gt=0.0, le=100.0)
+    start_after_h: float | None = Field(default=None, ge=0.0)
+    """Not before this many hours after the campaign started (a timed phase)."""
 
     @model_validator(mode="after")
     def _one(self) -> Wave:
@@ -184,15 +189,83 @@ class Wave(_Model):
         return self
 
 
+class RateParams(_Model):
+    """Release vehicles at a rate that grows (as AWS IoT Jobs' exponential rollout does)."""
+
+    base_per_minute: int
+    increment_factor: float = 1.0
+    increase_every: int = 0
+    """Grow the rate each time this many more vehicles were notified (or succeeded)."""
+    increase_on: Literal["notified", "succeeded"] = "notified"
+    maximum_per_minute: int | None = None
+
+
+class AbortParams(_Model):
+    """Abort the whole campaign when this share of the executed vehicles failed."""
+
+    failure: Literal["failed", "rolled_back", "any"] = "any"
+    threshold_pct: float
+    min_executed: int
+
+
 class CampaignParams(_Model):
-    """The campaign as an operator would create it."""
+    """The campaign as an operator would create it.
+
+    Checked by the backend's own campaign rules when the parameters are read,
+    so a campaign the engine would refuse is an error before the run starts.
+    """
 
     waves: tuple[Wave, ...] = (Wave(percent=1), Wave(percent=5), Wave(percent=25))
     success_threshold_pct: float = Field(default=90.0, ge=0.0, le=100.0)
     error_threshold_pct: float = Field(default=3.0, ge=0.0, le=100.0)
     max_retries: int = Field(default=1, ge=0, le=100)
+    rollout_rate: RateParams | None = None
+    abort_criteria: tuple[AbortParams, ...] = ()
     filter_model: str = ""
     filter_tags: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _engine_accepts(self) -> CampaignParams:
+        try:
+            check_spec(self.spec("rel-1"))
+        except InvalidArgument as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def spec(self, release_id: str, name: str = "fleet") -> CampaignSpec:
+        """Return the backend's campaign request for ``release_id``."""
+        rate = self.rollout_rate
+        return CampaignSpec(
+            name=name,
+            release_id=release_id,
+            filter=VehicleFilter(model=self.filter_model, tags=self.filter_tags),
+            waves=tuple(
+                WaveSpec(
+                    count=w.count,
+                    percent=w.percent,
+                    start_after_s=None if w.start_after_h is None else w.start_after_h * HOUR,
+                )
+                for w in self.waves
+            ),
+            success_threshold_pct=self.success_threshold_pct,
+            error_threshold_pct=self.error_threshold_pct,
+            max_retries=self.max_retries,
+            rollout_rate=None
+            if rate is None
+            else RolloutRate(
+                base_per_minute=rate.base_per_minute,
+                increment_factor=rate.increment_factor,
+                increase_every=rate.increase_every,
+                increase_on=rate.increase_on,
+                maximum_per_minute=rate.maximum_per_minute,
+            ),
+            abort_criteria=tuple(
+                AbortCriterion(
+                    failure=a.failure, threshold_pct=a.threshold_pct, min_executed=a.min_executed
+                )
+                for a in self.abort_criteria
+            ),
+        )
 
 
 class FleetOptions(_Model):
@@ -205,6 +278,8 @@ class FleetOptions(_Model):
     release: ReleaseParams = ReleaseParams()
     bus_model: Path | None = None
     """A TOML file from ``hil scenario calibrate``; built-in figures when not given."""
+    backend_tick_s: float = Field(default=60.0, gt=0.0, le=3600.0)
+    """How often the backend applies its time-driven rules (wave start times, release rate)."""
 
 
 @dataclass(slots=True)
@@ -232,6 +307,7 @@ class Car:
     """One modeled vehicle: what its ECUs run, and whether it is awake."""
 
     vin: str
+    index: int
     group: int
     ecus: tuple[EcuInfo, ...]
     awake: bool = False
@@ -251,17 +327,38 @@ class FleetStats:
 class FleetWorld:
     """The backend (real engine, memory store, SimPy clock) and a modeled fleet."""
 
-    def __init__(self, run: Run, options: FleetOptions) -> None:
+    def __init__(
+        self,
+        run: Run,
+        options: FleetOptions,
+        *,
+        rng: random.Random | None = None,
+        fates_seed: int | None = None,
+        name: str = "",
+    ) -> None:
+        """Prepare a world; ``build`` makes it.
+
+        ``rng`` (the run's by default) draws the fleet and its connectivity.
+        With ``fates_seed``, whether an attempt of a vehicle fails, and where,
+        is drawn from that seed, the vehicle and the attempt alone: worlds
+        made with one seed then fail the same vehicles the same way, however
+        their campaigns are timed. ``name`` tells worlds of one run apart
+        (each keeps its artifacts in its own folder).
+        """
         self.run = run
         self.env = run.env
-        self.rng: random.Random = run.rng
+        self.rng: random.Random = rng if rng is not None else run.rng
+        self._fates_seed = fates_seed
         self.options = options
         self.bus = BusModel.load(options.bus_model) if options.bus_model else BusModel()
         self.stats = FleetStats()
         env = self.env
+        self.store = MemoryStore()
         self.backend = OtaBackend(
-            MemoryStore(),
-            ArtifactStore(run.directory / "artifacts"),
+            self.store,
+            ArtifactStore(
+                run.directory / name / "artifacts" if name else run.directory / "artifacts"
+            ),
             # Release signatures do not enter the log, so a fresh key keeps runs equal.
             release_key=Ed25519PrivateKey.generate(),
             image_trust_anchors=[dev_private_key().public_key()],
@@ -275,6 +372,10 @@ class FleetWorld:
         self.campaign_key = 0
         self._known_wave = -1
         self._known_state: CampaignState | None = None
+        # Vehicles woken for actions the rollout rate released, and the last
+        # such action's key: the rate releases in key order.
+        self._woken_released = 0
+        self._release_cursor = 0
         self.on_campaign_change: list[Callable[[Campaign], None]] = []
         c = options.connectivity
         self._offline_rate = 1.0 / (c.offline_mean_h * HOUR)
@@ -366,7 +467,7 @@ class FleetWorld:
         for index, group_index in enumerate(picks):
             vin = fleet_vin(index)
             group = groups[group_index]
-            cars[vin] = Car(vin, group_index, group.old)
+            cars[vin] = Car(vin, index, group_index, group.old)
             vehicles.append(
                 Vehicle(
                     vin=vin,
@@ -394,16 +495,7 @@ class FleetWorld:
     # -------------------------------------------------------------- campaign
     def start_campaign(self, params: CampaignParams, name: str = "fleet") -> Campaign:
         """Create and start the campaign; wake the first wave."""
-        spec = CampaignSpec(
-            name=name,
-            release_id=self.release_id,
-            filter=VehicleFilter(model=params.filter_model, tags=params.filter_tags),
-            waves=tuple(WaveSpec(count=w.count, percent=w.percent) for w in params.waves),
-            success_threshold_pct=params.success_threshold_pct,
-            error_threshold_pct=params.error_threshold_pct,
-            max_retries=params.max_retries,
-        )
-        campaign = self.engine.create(spec)
+        campaign = self.engine.create(params.spec(self.release_id, name))
         self.campaign_id = campaign.campaign_id
         self.campaign_key = campaign.key
         self.run.event(
@@ -414,7 +506,20 @@ class FleetWorld:
         )
         started = self.engine.start(self.campaign_id)
         self._campaign_changed(started)
+        if started.rollout_rate is not None or any(started.wave_start_after_s):
+            self.env.process(self._backend_ticker())
         return started
+
+    def _backend_ticker(self) -> ProcessGenerator:
+        """Apply the backend's time-driven campaign rules every tick, until the campaign ends."""
+        tick_s = self.options.backend_tick_s
+        while True:
+            yield self.env.timeout(tick_s)
+            self.engine.tick()
+            campaign = self.campaign()
+            self._campaign_changed(campaign)
+            if campaign.state in (CampaignState.COMPLETED, CampaignState.ABORTED):
+                return
 
     def status(self) -> CampaignStatus:
         """Return the campaign with its per-wave counts."""
@@ -448,6 +553,21 @@ class FleetWorld:
         if campaign.current_wave != self._known_wave or wake_pending:
             self._known_wave = campaign.current_wave
             self._wake_pending()
+        if campaign.released > self._woken_released:
+            self._wake_released(campaign.released - self._woken_released)
+            self._woken_released = campaign.released
+
+    def _wake_released(self, count: int) -> None:
+        """Wake the vehicles of the next ``count`` actions the rollout rate released."""
+        key, after = self.campaign_key, self._release_cursor
+        actions = self.store.run(
+            lambda tx: tx.list_actions(key, after_key=after, limit=count), write=False
+        )
+        for action in actions:
+            if action.state is ActionState.PENDING:
+                self.wake(self.cars[action.vin])
+        if actions:
+            self._release_cursor = actions[-1].key
 
     def _wake_pending(self) -> None:
         key = self.campaign_key
@@ -530,6 +650,7 @@ class FleetWorld:
                 car.awake = False
                 return
             action = offers[0].action
+            fate = rng if self._fates_seed is None else self._fate(car, action.attempts)
             # Report ids stay unique across retries of the same deployment.
             deployment = action.deployment_id
             tag = f"{deployment}/{action.attempts}"
@@ -561,7 +682,7 @@ class FleetWorld:
                         yield env.timeout(min(60.0, window_end - env.now))
                     bandwidth = rng.lognormvariate(self._bw_mu, self._bw_sigma)
             number += 1
-            if rng.random() < group.download_p:
+            if fate.random() < group.download_p:
                 after = self._report(
                     car,
                     deployment,
@@ -575,7 +696,7 @@ class FleetWorld:
                 # Installation waits until the vehicle is parked: the end of this trip.
                 if window_end > env.now:
                     yield env.timeout(window_end - env.now)
-                after = yield from self._install(car, group, deployment, tag, number)
+                after = yield from self._install(car, group, deployment, tag, number, fate)
             if after is not ActionState.PENDING:
                 car.awake = False
                 return
@@ -583,11 +704,16 @@ class FleetWorld:
             yield env.timeout(rng.expovariate(offline_rate))
             window_end = env.now + rng.expovariate(online_rate)
 
+    def _fate(self, car: Car, attempt: int) -> random.Random:
+        """Return the draws of ``car``'s attempt ``attempt`` when fates are fixed by a seed."""
+        assert self._fates_seed is not None
+        return random.Random(f"{self._fates_seed}/{car.index}/{attempt}")
+
     def _install(
-        self, car: Car, group: _Group, deployment: str, tag: str, number: int
+        self, car: Car, group: _Group, deployment: str, tag: str, number: int, rng: random.Random
     ) -> Generator[simpy.Event, Any, ActionState | None]:
+        """Flash the release's ECUs in order; ``rng`` draws the failures."""
         env = self.env
-        rng = self.rng
         if self._report(car, deployment, tag, number, ActionState.INSTALLING) is None:
             return None
         number += 1
@@ -630,12 +756,33 @@ class FleetWorld:
         )
 
     # ---------------------------------------------------------------- reading
-    def backend_events(self) -> list[Any]:
-        """Return the campaign's backend events, in order (with their keys)."""
-        key = self.campaign_key
-        return self.backend.store.run(
-            lambda tx: tx.events_after(key, after_key=0, limit=1 << 62), write=False
+    def backend_events(self) -> list[CampaignEvent]:
+        """Return the campaign's backend events, in order (without their keys)."""
+        return self.store.campaign_events(self.campaign_key)
+
+    def log_backend_events(self, source: str = "backend") -> list[CampaignEvent]:
+        """Append the campaign's whole backend history to the run's log; return it."""
+        events = self.backend_events()
+        self.run.log.add_rows(
+            source,
+            (
+                (
+                    event.at,
+                    event.kind,
+                    " ".join(
+                        part
+                        for part in (
+                            event.vin,
+                            event.action_state.value if event.action_state else "",
+                            event.detail,
+                        )
+                        if part
+                    ),
+                )
+                for event in events
+            ),
         )
+        return events
 
     def action_states(self) -> dict[str, ActionState]:
         """Return each target vehicle's action state."""
@@ -651,6 +798,26 @@ class FleetWorld:
         return self.backend.store.run(
             lambda tx: {v.vin: v for v in tx.find_vehicles(VehicleFilter())}, write=False
         )
+
+    def disagreements(self) -> tuple[int, int]:
+        """Return (vehicles not running what their action says, vehicles the backend has wrong).
+
+        A vehicle whose action succeeded must run the new versions, any other
+        the old ones; the backend's inventory must be what the vehicle runs.
+        """
+        states = self.action_states()
+        backend_vehicles = self.backend_vehicles()
+        wrong_vehicle = wrong_backend = 0
+        groups = self.groups
+        succeeded = ActionState.SUCCEEDED
+        for vin, car in self.cars.items():
+            group = groups[car.group]
+            expected = group.new if states.get(vin) is succeeded else group.old
+            if car.ecus != expected:
+                wrong_vehicle += 1
+            if backend_vehicles[vin].ecus != car.ecus:
+                wrong_backend += 1
+        return wrong_vehicle, wrong_backend
 
     def peak_load(self) -> int:
         """Return the most vehicle calls the backend took in one minute."""
@@ -669,6 +836,7 @@ def fleet_vin(index: int) -> str:
 
 __all__ = [
     "DEFAULT_POPULATION",
+    "AbortParams",
     "CampaignParams",
     "Car",
     "Connectivity",
@@ -678,6 +846,7 @@ __all__ = [
     "FleetStats",
     "FleetWorld",
     "PopulationEntry",
+    "RateParams",
     "ReleaseParams",
     "Wave",
     "fleet_vin",

@@ -1,3 +1,3 @@
 """The built-in scenarios; importing this package registers them."""
 
-from scenarios.builtin import fleet_scenarios, wire_scenarios  # noqa: F401
+from scenarios.builtin import fleet_scenarios, rollout_scenarios, wire_scenarios  # noqa: F401

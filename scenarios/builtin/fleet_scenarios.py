@@ -111,21 +111,7 @@ class FleetScenario(Scenario):
         status = world.status()
         campaign = status.campaign
         totals = status.totals()
-        for event in world.backend_events():
-            run.log.add(
-                event.at,
-                "backend",
-                event.kind,
-                " ".join(
-                    part
-                    for part in (
-                        event.vin,
-                        event.action_state.value if event.action_state else "",
-                        event.detail,
-                    )
-                    if part
-                ),
-            )
+        world.log_backend_events()
         # The campaign's end, as the engine's rules say it should be.
         if params.expect == "auto-pause":
             first = pauses[0][1] if pauses else None
