@@ -84,8 +84,10 @@ from backend_stub.model import (
     RolloutRate,
     Vehicle,
     WaveSpec,
+    copy_with,
     lookup_id,
     parse_id,
+    record,
 )
 from backend_stub.store.base import Store, Tx
 
@@ -119,7 +121,7 @@ class CampaignStatus:
         return totals
 
 
-@dataclass(frozen=True)
+@record
 class Offer:
     """A deployment handed to a vehicle at check-in."""
 
@@ -127,7 +129,7 @@ class Offer:
     campaign: Campaign
 
 
-@dataclass(frozen=True)
+@record
 class ReportOutcome:
     """What a deployment report did."""
 
@@ -493,11 +495,14 @@ class CampaignEngine:
                 campaign = campaigns[action.campaign_key]
                 if campaign.state is not CampaignState.RUNNING:
                     continue
-                notified = action.with_changes(
-                    state=ActionState.NOTIFIED,
-                    attempts=action.attempts + 1,
-                    progress_pct=0,
-                    updated_at=now,
+                notified = copy_with(
+                    action,
+                    {
+                        "state": ActionState.NOTIFIED,
+                        "attempts": action.attempts + 1,
+                        "progress_pct": 0,
+                        "updated_at": now,
+                    },
                 )
                 if tx.update_action(notified, expected=ActionState.PENDING):
                     self._event(
@@ -563,7 +568,9 @@ class CampaignEngine:
                     f"deployment {report.deployment_id} was canceled: stop working on it"
                 )
             if report.state is action.state and action.state not in TERMINAL_ACTION_STATES:
-                progressed = action.with_changes(progress_pct=report.progress_pct, updated_at=now)
+                progressed = copy_with(
+                    action, {"progress_pct": report.progress_pct, "updated_at": now}
+                )
                 tx.update_action(progressed, expected=action.state)
                 self._report_event(tx, campaign, report)
                 return ReportOutcome(progressed, duplicate=False)
@@ -583,8 +590,9 @@ class CampaignEngine:
                     progress_pct=report.progress_pct,
                 )
             else:
-                moved = action.with_changes(
-                    state=report.state, progress_pct=report.progress_pct, updated_at=now
+                moved = copy_with(
+                    action,
+                    {"state": report.state, "progress_pct": report.progress_pct, "updated_at": now},
                 )
                 tx.update_action(moved, expected=action.state)
                 self._event(tx, campaign, "action", vin=action.vin, action_state=report.state)
@@ -849,7 +857,7 @@ class CampaignEngine:
             changes["failure_step"] = ""
             changes["failure_reason"] = ""
             changes["progress_pct"] = 100
-        ended = action.with_changes(**changes)
+        ended = copy_with(action, changes)
         if not tx.update_action(ended, expected=action.state):
             return campaign
         detail = f"{step}: {reason}" if outcome in FAILURE_STATES and (step or reason) else ""
@@ -860,7 +868,7 @@ class CampaignEngine:
             and campaign.state is not CampaignState.ABORTED
         )
         if retry:
-            again = ended.with_changes(state=ActionState.PENDING, updated_at=now)
+            again = copy_with(ended, {"state": ActionState.PENDING, "updated_at": now})
             tx.update_action(again, expected=outcome)
             self._event(
                 tx,
@@ -964,6 +972,8 @@ class CampaignEngine:
 
     def _report_event(self, tx: Tx, campaign: Campaign, report: DeploymentReport) -> None:
         """Keep what the vehicle said about its ECUs and its activity in the event log."""
+        if not (report.detail or report.ecu_progress):
+            return
         detail = describe_report(report)
         if detail:
             self._event(
@@ -985,16 +995,10 @@ class CampaignEngine:
         action_state: ActionState | None = None,
         detail: str = "",
     ) -> None:
+        # Positional: a report makes two or three events, and keywords cost more.
         tx.add_event(
             CampaignEvent(
-                key=0,
-                campaign_key=campaign.key,
-                at=self.clock(),
-                kind=kind,
-                vin=vin,
-                action_state=action_state,
-                campaign_state=campaign.state,
-                detail=detail,
+                0, campaign.key, self.clock(), kind, vin, action_state, campaign.state, detail
             )
         )
 

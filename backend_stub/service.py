@@ -133,7 +133,7 @@ def check_text(text: str, what: str, *, required: bool = False, limit: int = _TE
         raise InvalidArgument(f"{what} is required")
     if len(text) > limit:
         raise InvalidArgument(f"{what} is longer than {limit} characters")
-    if any(ord(ch) < 0x20 for ch in text):
+    if text and any(ord(ch) < 0x20 for ch in text):
         raise InvalidArgument(f"{what} contains control characters")
     return text
 

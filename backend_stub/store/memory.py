@@ -47,6 +47,21 @@ def _touched(
     return copy_with(vehicle, changes)
 
 
+class _History:
+    """A campaign's events in order, and their keys in a parallel array."""
+
+    __slots__ = ("events", "keys")
+
+    def __init__(self) -> None:
+        self.events: list[CampaignEvent] = []
+        self.keys: array[int] = array("q")
+
+    def drop_last(self) -> None:
+        """Forget the newest event (the undo of adding it)."""
+        self.events.pop()
+        self.keys.pop()
+
+
 class _MemoryTx:
     """One transaction over a :class:`MemoryStore`; every change pushes its undo."""
 
@@ -242,10 +257,13 @@ class _MemoryTx:
         return self._s.actions.get(key)
 
     def update_action(self, action: Action, *, expected: ActionState) -> bool:
-        current = self._s.actions.get(action.key)
+        actions = self._s.actions
+        current = actions.get(action.key)
         if current is None or current.state is not expected:
             return False
-        self._set(self._s.actions, action.key, action)
+        # The hottest write of a fleet: the undo of ``_set``, inlined.
+        self._undo.append((actions.__setitem__, action.key, current))
+        actions[action.key] = action
         if action.state is not current.state:
             counts = self._s.counts[action.campaign_key][action.wave]
             before, after = counts.get(current.state, 0), counts.get(action.state, 0)
@@ -358,18 +376,21 @@ class _MemoryTx:
     def add_event(self, event: CampaignEvent) -> int:
         # The event is kept as given and its key in a parallel array: a copy
         # per event would cost as much as the rest of a report.
-        key = self._next("event")
-        events = self._s.events[event.campaign_key]
-        keys = self._s.event_keys[event.campaign_key]
-        events.append(event)
-        keys.append(key)
-        self._undo.append((events.pop,))
-        self._undo.append((keys.pop,))
+        store = self._s
+        history = store.histories.get(event.campaign_key)
+        if history is None:
+            history = store.histories[event.campaign_key] = _History()
+        sequences = store.sequences
+        key = sequences["event"] + 1
+        sequences["event"] = key
+        history.events.append(event)
+        history.keys.append(key)
+        self._undo.append((history.drop_last,))
         return key
 
     def events_after(self, campaign_key: int, *, after_key: int, limit: int) -> list[CampaignEvent]:
-        events = self._s.events.get(campaign_key, [])
-        keys = self._s.event_keys.get(campaign_key, array("q"))
+        history = self._s.histories.get(campaign_key) or _History()
+        events, keys = history.events, history.keys
         start = bisect.bisect_right(keys, after_key)
         return [
             copy_with(event, {"key": key})
@@ -407,8 +428,7 @@ class MemoryStore:
         self.counts: defaultdict[int, defaultdict[int, dict[ActionState, int]]] = defaultdict(
             lambda: defaultdict(dict)
         )
-        self.events: defaultdict[int, list[CampaignEvent]] = defaultdict(list)
-        self.event_keys: defaultdict[int, array[int]] = defaultdict(lambda: array("q"))
+        self.histories: dict[int, _History] = {}
         self.reports: set[str] = set()
         self.sequences: dict[str, int] = defaultdict(int)
 
@@ -454,7 +474,8 @@ class MemoryStore:
         its key.
         """
         with self._lock:
-            return list(self.events.get(campaign_key, ()))
+            history = self.histories.get(campaign_key)
+            return list(history.events) if history else []
 
     def close(self) -> None:
         """Nothing to release."""
