@@ -131,10 +131,11 @@ class Offer:
 
 @record
 class ReportOutcome:
-    """What a deployment report did."""
+    """What a deployment report did: the action and its campaign as they stand after it."""
 
     action: Action
     duplicate: bool
+    campaign: Campaign
 
 
 def split_waves(total: int, waves: Sequence[WaveSpec]) -> list[int]:
@@ -560,7 +561,7 @@ class CampaignEngine:
             assert action is not None
             now = self.clock()
             if not tx.claim_report(report.report_id, at=now):
-                return ReportOutcome(action, duplicate=True)
+                return ReportOutcome(action, True, campaign)
             if report.inventory:
                 tx.touch_vehicle(report.vin, at=now, state=None, ecus=report.inventory)
             if action.state is ActionState.CANCELED:
@@ -573,14 +574,14 @@ class CampaignEngine:
                 )
                 tx.update_action(progressed, expected=action.state)
                 self._report_event(tx, campaign, report)
-                return ReportOutcome(progressed, duplicate=False)
+                return ReportOutcome(progressed, False, campaign)
             if report.state not in ACTION_TRANSITIONS[action.state]:
                 raise FailedPrecondition(
                     f"deployment {report.deployment_id} is {action.state.value}; "
                     f"it cannot become {report.state.value}"
                 )
             if report.state in TERMINAL_ACTION_STATES:
-                self._finish(
+                campaign = self._finish(
                     tx,
                     campaign,
                     action,
@@ -599,7 +600,7 @@ class CampaignEngine:
             self._report_event(tx, campaign, report)
             final = tx.get_action(key)
             assert final is not None
-            return ReportOutcome(final, duplicate=False)
+            return ReportOutcome(final, False, campaign)
 
         return self.store.run(work)
 

@@ -152,11 +152,14 @@ def test_error_threshold_pauses_with_reason_and_resume_accepts(engine, store):
     )
     cid = campaign.campaign_id
     engine.start(cid)
-    deliver(engine, 0, ActionState.FAILED, failure_step="download", failure_reason="x")
+    first = deliver(engine, 0, ActionState.FAILED, failure_step="download", failure_reason="x")
+    assert first.campaign.state is CampaignState.RUNNING
     assert engine.status(cid).campaign.state is CampaignState.RUNNING
-    deliver(engine, 1, ActionState.ROLLED_BACK, failure_step="boot", failure_reason="y")
+    second = deliver(engine, 1, ActionState.ROLLED_BACK, failure_step="boot", failure_reason="y")
     paused = engine.status(cid).campaign
     assert paused.state is CampaignState.PAUSED
+    # The report's outcome carries the campaign as the report left it.
+    assert second.campaign == paused
     assert "error threshold reached in wave 0: 2 of 4" in paused.pause_reason
     # Paused: vehicles of the wave are not notified; the next wave does not start.
     assert engine.check_in(vin(2)) == []
