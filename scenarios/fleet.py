@@ -14,6 +14,9 @@ Vehicles sleep until the backend has something for them: when a wave starts
 message, as OEM backends do with an SMS shoulder-tap, and a vehicle checks in
 at its next online window. A vehicle with nothing to do costs no event, which
 is what lets a million vehicles run in a couple of minutes.
+
+Faults (:mod:`scenarios.fleet_faults`) put their own vehicle process in
+(``FleetWorld.life``); without them the one here runs, with no check for them.
 """
 
 from __future__ import annotations
@@ -377,6 +380,10 @@ class FleetWorld:
         self._woken_released = 0
         self._release_cursor = 0
         self.on_campaign_change: list[Callable[[Campaign], None]] = []
+        self.life: Callable[[Car], ProcessGenerator] = self._vehicle
+        """The process a woken vehicle runs (a fault model puts its own in)."""
+        self.backend_up = True
+        """Whether the backend runs: its timer skips its ticks while it does not."""
         c = options.connectivity
         self._offline_rate = 1.0 / (c.offline_mean_h * HOUR)
         self._online_rate = 1.0 / (c.online_mean_min * MINUTE)
@@ -515,6 +522,8 @@ class FleetWorld:
         tick_s = self.options.backend_tick_s
         while True:
             yield self.env.timeout(tick_s)
+            if not self.backend_up:
+                continue
             self.engine.tick()
             campaign = self.campaign()
             self._campaign_changed(campaign)
@@ -587,14 +596,14 @@ class FleetWorld:
         car.wakeups += 1
         if not car.awake:
             car.awake = True
-            self.env.process(self._vehicle(car))
+            self.env.process(self.life(car))
 
     # ---------------------------------------------------------------- vehicle
     def _call(self, kind: str) -> None:
         self.stats.calls[kind] += 1
         self.stats.load_per_minute[int(self.env.now // MINUTE)] += 1
 
-    def _report(
+    def report(
         self,
         car: Car,
         deployment_id: str,
@@ -657,7 +666,7 @@ class FleetWorld:
             number = 0
             # Download, resumed across online windows and drop-outs.
             number += 1
-            if self._report(car, deployment, tag, number, ActionState.DOWNLOADING) is None:
+            if self.report(car, deployment, tag, number, ActionState.DOWNLOADING) is None:
                 car.awake = False
                 return
             remaining = float(group.image_bytes)
@@ -683,7 +692,7 @@ class FleetWorld:
                     bandwidth = rng.lognormvariate(self._bw_mu, self._bw_sigma)
             number += 1
             if fate.random() < group.download_p:
-                after = self._report(
+                after = self.report(
                     car,
                     deployment,
                     tag,
@@ -709,12 +718,44 @@ class FleetWorld:
         assert self._fates_seed is not None
         return random.Random(f"{self._fates_seed}/{car.index}/{attempt}")
 
+    # ------------------------------------------------ for other vehicle models
+    # A vehicle model that replaces ``life`` (the fault model does) draws through
+    # these, from the same source and in the same order as ``_vehicle`` does.
+    def count_call(self, kind: str) -> None:
+        """Count a vehicle call the backend took (for the load figures)."""
+        self._call(kind)
+
+    def fate_of(self, car: Car, attempt: int) -> random.Random:
+        """Return what draws ``car``'s attempt: the world's draws, or its fate (``fates_seed``)."""
+        return self.rng if self._fates_seed is None else self._fate(car, attempt)
+
+    def draw_offline_s(self) -> float:
+        """Draw how long until a vehicle's next online window."""
+        return self.rng.expovariate(self._offline_rate)
+
+    def draw_online_s(self) -> float:
+        """Draw how long an online window lasts."""
+        return self.rng.expovariate(self._online_rate)
+
+    @property
+    def dropout_rate(self) -> float:
+        """Cellular drop-outs per second while online (0: none)."""
+        return self._dropout_rate
+
+    def draw_dropout_s(self) -> float:
+        """Draw how long until the next drop-out (needs a ``dropout_rate`` above 0)."""
+        return self.rng.expovariate(self._dropout_rate)
+
+    def draw_bandwidth_bytes_per_s(self) -> float:
+        """Draw a cellular bandwidth, for one stretch of a download."""
+        return self.rng.lognormvariate(self._bw_mu, self._bw_sigma)
+
     def _install(
         self, car: Car, group: _Group, deployment: str, tag: str, number: int, rng: random.Random
     ) -> Generator[simpy.Event, Any, ActionState | None]:
         """Flash the release's ECUs in order; ``rng`` draws the failures."""
         env = self.env
-        if self._report(car, deployment, tag, number, ActionState.INSTALLING) is None:
+        if self.report(car, deployment, tag, number, ActionState.INSTALLING) is None:
             return None
         number += 1
         flashed = 0
@@ -740,7 +781,7 @@ class FleetWorld:
                 yield env.timeout(sum(group.restore_s[:flashed]))
             state = ActionState.ROLLED_BACK if flashed else ActionState.FAILED
             car.ecus = group.old
-            return self._report(
+            return self.report(
                 car,
                 deployment,
                 tag,
@@ -751,9 +792,7 @@ class FleetWorld:
                 inventory=group.old,
             )
         car.ecus = group.new
-        return self._report(
-            car, deployment, tag, number, ActionState.SUCCEEDED, inventory=group.new
-        )
+        return self.report(car, deployment, tag, number, ActionState.SUCCEEDED, inventory=group.new)
 
     # ---------------------------------------------------------------- reading
     def backend_events(self) -> list[CampaignEvent]:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from backend_stub.model import (
     FAILURE_STATES,
@@ -15,6 +16,7 @@ from backend_stub.model import (
     CampaignState,
 )
 from scenarios.core import ProcessGenerator, Scenario, ScenarioParams
+from scenarios.faults import Fault
 from scenarios.fleet import (
     HOUR,
     MINUTE,
@@ -22,6 +24,7 @@ from scenarios.fleet import (
     FleetOptions,
     FleetWorld,
 )
+from scenarios.fleet_faults import FleetFaults, fault_target_errors
 from scenarios.registry import register
 
 # Above this many vehicles the report keeps per-group outcomes, not one per vehicle.
@@ -39,6 +42,26 @@ class FleetParams(FleetOptions, ScenarioParams):
     sample_min: float = Field(default=30.0, gt=0.0)
     expect: Literal["auto-pause", "completed", "any"] = "auto-pause"
     """What the campaign must come to (with the default bad batch, a pause)."""
+    faults: list[Fault] = Field(default_factory=list)
+    """Faults the fleet meets (:mod:`scenarios.fleet_faults`); ``at_s`` counts from the start."""
+
+    @model_validator(mode="after")
+    def _fault_targets(self) -> Self:
+        """Refuse a fault naming a VIN outside the fleet or an ECU outside the release."""
+        errors = fault_target_errors(self.faults, self.vehicles, list(self.release.image_kib))
+        if errors:
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("fault_target", message),
+                        loc=location,
+                        input=self.faults[int(location[1])].model_dump(),
+                    )
+                    for location, message in errors
+                ],
+            )
+        return self
 
 
 @register
@@ -52,6 +75,8 @@ class FleetScenario(Scenario):
     )
     fidelity = "modeled"
     Params = FleetParams
+    faults: FleetFaults | None = None
+    """The faults of the last run, when its parameters gave some."""
 
     def time_limit(self) -> float:
         """Return the horizon in virtual seconds."""
@@ -74,7 +99,11 @@ class FleetScenario(Scenario):
                 pauses.append((run.now, campaign))
 
         world.on_campaign_change.append(changed)
+        faults = FleetFaults(world, params.faults) if params.faults else None
+        self.faults = faults
         world.start_campaign(params.campaign)
+        if faults is not None:
+            faults.start()
         handled = 0
         while True:
             status = world.status()
@@ -102,6 +131,10 @@ class FleetScenario(Scenario):
             if campaign.state is CampaignState.PAUSED and params.on_pause == "stop" and not active:
                 break
             yield run.env.timeout(params.sample_min * MINUTE)
+        if faults is not None:
+            faults.finish()
+            for name, value in faults.figures().items():
+                run.figure(name, value)
         self._judge(world, pauses)
 
     def _judge(self, world: FleetWorld, pauses: list[tuple[float, Campaign]]) -> None:
