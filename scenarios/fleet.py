@@ -21,6 +21,7 @@ Faults (:mod:`scenarios.fleet_faults`) put their own vehicle process in
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import math
@@ -63,6 +64,7 @@ from scenarios.wire import payload
 
 HOUR = 3600.0
 MINUTE = 60.0
+_OUTCOMES = frozenset({ActionState.SUCCEEDED, ActionState.FAILED, ActionState.ROLLED_BACK})
 
 
 class _Model(BaseModel):
@@ -365,7 +367,8 @@ class FleetWorld:
             # Release signatures do not enter the log, so a fresh key keeps runs equal.
             release_key=Ed25519PrivateKey.generate(),
             image_trust_anchors=[dev_private_key().public_key()],
-            clock=lambda: float(env.now),
+            # A C-level call: the engine reads the clock several times per report.
+            clock=functools.partial(getattr, env, "now"),
         )
         self.engine = self.backend.engine
         self.cars: dict[str, Car] = {}
@@ -379,6 +382,7 @@ class FleetWorld:
         # such action's key: the rate releases in key order.
         self._woken_released = 0
         self._release_cursor = 0
+        self._first_action_key = 0
         self.on_campaign_change: list[Callable[[Campaign], None]] = []
         self.life: Callable[[Car], ProcessGenerator] = self._vehicle
         """The process a woken vehicle runs (a fault model puts its own in)."""
@@ -505,6 +509,9 @@ class FleetWorld:
         campaign = self.engine.create(params.spec(self.release_id, name))
         self.campaign_id = campaign.campaign_id
         self.campaign_key = campaign.key
+        key = campaign.key
+        (first,) = self.store.run(lambda tx: tx.list_actions(key, limit=1), write=False)
+        self._first_action_key = first.key
         self.run.event(
             "operator",
             "campaign created",
@@ -559,9 +566,16 @@ class FleetWorld:
             self._known_state = campaign.state
             for watcher in self.on_campaign_change:
                 watcher(campaign)
-        if campaign.current_wave != self._known_wave or wake_pending:
-            self._known_wave = campaign.current_wave
+        # The last wave whose actions were made pending (a delayed first wave
+        # is current before it starts).
+        started = campaign.current_wave - (1 if campaign.awaiting_start else 0)
+        if wake_pending:
+            self._known_wave = started
             self._wake_pending()
+        elif started != self._known_wave:
+            for wave in range(self._known_wave + 1, started + 1):
+                self._wake_wave(campaign, wave)
+            self._known_wave = started
         if campaign.released > self._woken_released:
             self._wake_released(campaign.released - self._woken_released)
             self._woken_released = campaign.released
@@ -578,7 +592,26 @@ class FleetWorld:
         if actions:
             self._release_cursor = actions[-1].key
 
+    def _wake_wave(self, campaign: Campaign, wave: int) -> None:
+        """Wake the vehicles of a wave that just started.
+
+        A campaign's actions are one key range in wave order, so the wave's
+        are the ``size`` keys after its predecessors': a page of actions, not
+        a scan of the campaign.
+        """
+        key = campaign.key
+        size = campaign.wave_sizes[wave]
+        after = self._first_action_key - 1 + sum(campaign.wave_sizes[:wave])
+        actions = self.store.run(
+            lambda tx: tx.list_actions(key, after_key=after, limit=size), write=False
+        )
+        assert all(a.wave == wave for a in actions), "a wave's actions are one key range"
+        for action in actions:
+            if action.state is ActionState.PENDING:
+                self.wake(self.cars[action.vin])
+
     def _wake_pending(self) -> None:
+        """Wake the vehicles of every pending action (after a resume)."""
         key = self.campaign_key
 
         def work(tx: Any) -> list[str]:
@@ -618,28 +651,21 @@ class FleetWorld:
         """Send a report; return the action's state after it, ``None`` if refused."""
         self._call("report")
         try:
+            # Positional: three reports per vehicle, and keywords cost more.
             outcome = self.engine.report(
                 DeploymentReport(
-                    vin=car.vin,
-                    deployment_id=deployment_id,
-                    report_id=f"{tag}/{number}",
-                    state=state,
-                    failure_step=step,
-                    failure_reason=reason,
-                    inventory=inventory,
+                    car.vin, deployment_id, f"{tag}/{number}", state, 0, step, reason, (), inventory
                 )
             )
         except BackendError:
             # Canceled or otherwise refused: the gateway stops working on it.
             return None
-        if state in (ActionState.SUCCEEDED, ActionState.FAILED, ActionState.ROLLED_BACK):
-            self._after_terminal()
+        if state in _OUTCOMES:
+            # An outcome may have started a wave or paused the campaign.
+            campaign = outcome.campaign
+            if campaign.current_wave != self._known_wave or campaign.state is not self._known_state:
+                self._campaign_changed(campaign)
         return outcome.action.state
-
-    def _after_terminal(self) -> None:
-        campaign = self.campaign()
-        if campaign.current_wave != self._known_wave or campaign.state is not self._known_state:
-            self._campaign_changed(campaign)
 
     def _vehicle(self, car: Car) -> ProcessGenerator:
         """One vehicle's life while it has something to do."""
@@ -802,25 +828,7 @@ class FleetWorld:
     def log_backend_events(self, source: str = "backend") -> list[CampaignEvent]:
         """Append the campaign's whole backend history to the run's log; return it."""
         events = self.backend_events()
-        self.run.log.add_rows(
-            source,
-            (
-                (
-                    event.at,
-                    event.kind,
-                    " ".join(
-                        part
-                        for part in (
-                            event.vin,
-                            event.action_state.value if event.action_state else "",
-                            event.detail,
-                        )
-                        if part
-                    ),
-                )
-                for event in events
-            ),
-        )
+        self.run.log.add_rows(source, ((e.at, e.kind, event_text(e)) for e in events))
         return events
 
     def action_states(self) -> dict[str, ActionState]:
@@ -868,6 +876,19 @@ class FleetWorld:
         return sum(totals.get(state, 0) for state in ACTIVE_ACTION_STATES)
 
 
+def event_text(event: CampaignEvent) -> str:
+    """Return a backend event's VIN, action state and detail, as one log line's detail."""
+    # Written out rather than joined from a generator: a million-vehicle
+    # campaign has millions of events.
+    state = event.action_state
+    text = event.vin
+    if state is not None:
+        text = f"{text} {state.value}" if text else state.value
+    if event.detail:
+        text = f"{text} {event.detail}" if text else event.detail
+    return text
+
+
 def fleet_vin(index: int) -> str:
     """Return the VIN of modeled vehicle ``index`` (valid: no I, O or Q)."""
     return f"SMFLEET{index:010d}"
@@ -888,5 +909,6 @@ __all__ = [
     "RateParams",
     "ReleaseParams",
     "Wave",
+    "event_text",
     "fleet_vin",
 ]

@@ -62,8 +62,17 @@ class _History:
         self.keys.pop()
 
 
+def _restore_counts(
+    counts: dict[ActionState, int], first: ActionState, n: int, second: ActionState, m: int
+) -> None:
+    counts[first] = n
+    counts[second] = m
+
+
 class _MemoryTx:
     """One transaction over a :class:`MemoryStore`; every change pushes its undo."""
+
+    __slots__ = ("_s", "_undo")
 
     def __init__(self, store: MemoryStore) -> None:
         self._s = store
@@ -266,10 +275,11 @@ class _MemoryTx:
         actions[action.key] = action
         if action.state is not current.state:
             counts = self._s.counts[action.campaign_key][action.wave]
-            before, after = counts.get(current.state, 0), counts.get(action.state, 0)
-            self._undo.append((counts.update, {current.state: before, action.state: after}))
-            counts[current.state] = before - 1
-            counts[action.state] = after + 1
+            old_state, new_state = current.state, action.state
+            before, after = counts.get(old_state, 0), counts.get(new_state, 0)
+            self._undo.append((_restore_counts, counts, old_state, before, new_state, after))
+            counts[old_state] = before - 1
+            counts[new_state] = after + 1
         return True
 
     def actions_of_vehicle(self, vin: str, states: Collection[ActionState]) -> list[Action]:
