@@ -133,6 +133,13 @@ name = "two-phases"
 waves = [{ percent = 20 }, { percent = 80, start_after_h = 12 }]
 success_threshold_pct = 0
 error_threshold_pct = 100
+
+[[params.policies]]
+name = "tonight"
+[params.policies.campaign]
+waves = [{ percent = 100, start_after_h = 6 }]
+success_threshold_pct = 0
+error_threshold_pct = 100
 """,
         encoding="utf-8",
     )
@@ -140,7 +147,10 @@ error_threshold_pct = 100
     params = make_params(loaded.scenario, loaded.params)
     run = execute(loaded.scenario, params, seed=loaded.seed or 0, directory=tmp_path / "run")
     assert run.passed, [c for c in run.checks if not c.passed]
-    assert {row["policy"] for row in run.outcomes} == {"slow-rate", "two-phases"}
+    assert {row["policy"] for row in run.outcomes} == {"slow-rate", "two-phases", "tonight"}
+    # A first wave held back to its time is woken then, and completes.
+    assert run.figures["tonight: end state"] == "completed"
+    assert run.figures["tonight: days to complete"] > 0.25
     # At one vehicle a minute, about 1,100 targets take most of a day to release.
     assert run.figures["slow-rate: days to complete"] > 0.7
     assert "two-phases: timed waves started no earlier than their time" in {
