@@ -39,10 +39,6 @@ from typing import Any
 
 import simpy
 
-TARGETS = {100_000: 15.0, 1_000_000: 120.0}
-MEMORY_TARGET_GIB = 4.0
-RATE_TARGET = 0.30
-
 
 class RecordingEnvironment(simpy.Environment):
     """Counts processed events; records each process's start and its timeouts."""
@@ -192,16 +188,15 @@ def main() -> int:
         return 0
     print(f"fleet scenario, seed {args.seed}, on_pause=resume; baseline: bare SimPy replay")
     header = (
-        f"{'vehicles':>10} {'wall s':>8} {'target':>7} {'events':>10} {'events/s':>10} "
+        f"{'vehicles':>10} {'wall s':>8} {'events':>10} {'events/s':>10} "
         f"{'bare/s':>10} {'share':>6} {'peak GiB':>9} {'checks':>7}"
     )
     print(header)
     for r in results:
-        target = TARGETS.get(r["vehicles"])
         share = r["events_per_s"] / r["bare_events_per_s"]
         print(
             f"{r['vehicles']:>10,} {r['wall_s']:>8.1f} "
-            f"{(f'<{target:g}' if target else '-'):>7} {r['events']:>10,} "
+            f"{r['events']:>10,} "
             f"{r['events_per_s']:>10,.0f} {r['bare_events_per_s']:>10,.0f} {share:>6.0%} "
             f"{r['peak_gib']:>9.2f} {'held' if r['passed'] else 'FAILED':>7}"
         )
@@ -215,10 +210,6 @@ def main() -> int:
             f"bare replay {r['bare_s']:.1f} s for {r['bare_events']:,} events; "
             f"log sha256:{r['digest'][:16]}"
         )
-    print(
-        f"targets: 100,000 in <15 s, 1,000,000 in <120 s under {MEMORY_TARGET_GIB:g} GiB, "
-        f"event rate >= {RATE_TARGET:.0%} of bare SimPy"
-    )
     return 0
 
 
