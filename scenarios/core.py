@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import itertools
 import queue
 import random
 import time
@@ -103,12 +104,14 @@ class EventLog:
             for at, kind, detail in rows:
                 self.add(at, source, kind, detail)
             return
-        pending = self._pending
-        for at, kind, detail in rows:
-            pending.append(f"{at:.6f}\t{source}\t{kind}\t{detail}\n")
-            self.count += 1
-            if len(pending) >= 4096:
-                self._flush()
+        self._flush()
+        rows = iter(rows)
+        while chunk := [
+            f"{at:.6f}\t{source}\t{kind}\t{detail}\n"
+            for at, kind, detail in itertools.islice(rows, 4096)
+        ]:
+            self.count += len(chunk)
+            self._hash.update("".join(chunk).encode())
 
     def _flush(self) -> None:
         self._hash.update("".join(self._pending).encode())
