@@ -12,6 +12,7 @@ from helpers import make_image
 
 from backend_stub.api import campaign_pb2
 from backend_stub.server import BackendConfig, serve
+from backend_stub.service import OtaBackend
 from gateway.backend import BackendClient, Backoff, EcuInventory
 from gateway.errors import BackendRefused, BackendUnavailable, ReleaseRejected
 
@@ -134,7 +135,9 @@ def test_tampered_artifact_is_refused_and_dropped(server, operator, channel, dem
     assert list((tmp_path / "dl").iterdir()) == []
 
 
-def test_download_resumes_across_a_backend_restart(server, operator, channel, demo, tmp_path):
+def test_download_resumes_across_a_backend_restart(
+    server, operator, channel, demo, tmp_path, monkeypatch
+):
     client = client_for(server, channel)
     client.register(inventory(demo))
     images = deploy(operator, demo, size=300_000)
@@ -142,12 +145,27 @@ def test_download_resumes_across_a_backend_restart(server, operator, channel, de
     entry = client.deployment(notice.deployment_id).manifest.images[0]
     seen: list[int] = []
     restarted = threading.Event()
+    # The first stream holds at 120 kB until the link has dropped: otherwise a
+    # busy machine may have streamed the whole image into the client's buffers
+    # before the stop, and there would be nothing left to resume.
+    dropped = threading.Event()
+    chunks = OtaBackend._chunks
+
+    def held(self, sha256, offset, size, total):
+        for item in chunks(self, sha256, offset, size, total):
+            if offset == 0 and item[0] >= 120_000:
+                dropped.wait(10)
+                return
+            yield item
+
+    monkeypatch.setattr(OtaBackend, "_chunks", held)
 
     def progress(done: int, total: int) -> None:
         seen.append(done)
         if done >= 100_000 and not restarted.is_set():
             restarted.set()
             server.stop()  # the link drops mid-transfer
+            dropped.set()
             threading.Timer(0.3, server.start).start()
 
     path = client.download(entry, tmp_path / "dl", chunk_size=8192, progress=progress)
