@@ -20,9 +20,12 @@ from gateway.errors import GatewayError
 from hil import __version__
 from hil.cli import (
     backend,
+    bench,
+    bus,
     campaign,
     demo,
     diag,
+    doctor,
     ecu,
     flash,
     gateway,
@@ -50,6 +53,9 @@ SUBCOMMANDS = (
     vehicles,
     campaign,
     scenario,
+    bus,
+    doctor,
+    bench,
 )
 
 

@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import can
 import can.cli
@@ -55,3 +56,18 @@ def reject_bus_with_sim(args: argparse.Namespace) -> None:
     """``--sim`` brings its own in-process bus; refuse bus options next to it."""
     if getattr(args, "sim", False) and bus_given(args):
         raise UsageError("--sim runs the vehicle on its own in-process bus; drop the bus options")
+
+
+def bus_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Return the ``can.Bus`` keyword arguments the options give, as python-can's CLI does.
+
+    Keys not given are left out, so that python-can's config files and ``CAN_*``
+    environment variables fill them in when the bus is opened.
+    """
+    config: dict[str, Any] = {"single_handle": True}
+    for key in ("channel", "interface", "bitrate", "fd", "data_bitrate", "can_filters", "timing"):
+        if key in args:
+            config[key] = getattr(args, key)
+    if "bus_kwargs" in args:
+        config.update(args.bus_kwargs)
+    return config

@@ -1,4 +1,12 @@
-"""``hil flash``: flash a signed image into one ECU with the UDS flasher."""
+"""``hil flash``: flash a signed image into one ECU with the UDS flasher.
+
+On a bench (``--bench``, ``$HIL_BENCH`` or hil.toml's ``default_bench``, when no bus
+options and no ``--sim`` are given) the bench's bus and ECU settings are used and
+the flash is guarded (:mod:`hil.bench.flashing`): the supply must be within the
+bench's flashing window, and a real bench asks for confirmation on a terminal
+(``--yes`` skips it; without a terminal and without ``--yes`` the flash is refused).
+``--dry-run`` prints the UDS sequence and sends nothing.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +28,10 @@ from rich.progress import (
 
 from gateway import DiagChannel, Flasher, FlashProgress, FlashResult
 from gateway.flasher import describe_boot
-from hil.cli._bus import add_bus_options
+from hil.bench import Bench, SupplyVoltageError, bench_flasher, check_flash_supply, flash_plan
+from hil.bench.flashing import needs_confirmation, prepare_flash, terminal_ask
+from hil.cli._bench import add_bench_options, bench_config, bench_from, guarded
+from hil.cli._bus import add_bus_options, bus_given
 from hil.cli._vehicle import add_sim_options, add_vehicle_option, tester_bus, vehicle_from
 from hil.errors import UsageError
 
@@ -49,6 +60,19 @@ def add_subparser(subparsers: Any) -> None:
         help="leave the new image on trial: the anti-rollback counter is not raised and the "
         "previous image can be activated again",
     )
+    parser.add_argument(
+        "-y",
+        "--yes",
+        action="store_true",
+        help="on a real bench, flash without asking (needed when stdin is not a terminal)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the UDS sequence that would be sent (and check the bench's supply); "
+        "send nothing",
+    )
+    add_bench_options(parser)
     add_vehicle_option(parser)
     add_sim_options(parser)
     add_bus_options(parser)
@@ -108,14 +132,53 @@ def print_result(result: FlashResult, console: Console) -> None:
     console.print(f"  boot: {describe_boot(result.boot_status_after)}")
 
 
+def selected_bench(args: argparse.Namespace) -> Bench | None:
+    """Return the bench to flash on, or ``None`` for a bare bus (bus options, ``--sim``...).
+
+    ``--bench`` is explicit; otherwise bus options, ``--sim`` or ``--vehicle`` on the
+    command line beat a bench from the environment or hil.toml's ``default_bench``.
+    """
+    own = [
+        name
+        for name, given in (
+            ("bus options", bus_given(args)),
+            ("--sim", args.sim),
+            ("--vehicle", args.vehicle is not None),
+            ("--state-dir", args.state_dir is not None),
+            ("--fault", bool(args.fault)),
+        )
+        if given
+    ]
+    if args.bench:
+        if own:
+            raise UsageError(f"--bench brings its own bus and ECUs; drop {', '.join(own)}")
+        return bench_from(args)
+    if own:
+        return None
+    config = bench_config(args)
+    name, origin = config.select(None)
+    if origin == "built-in default":
+        return None
+    return config.bench(name)
+
+
 def run_flash(args: argparse.Namespace) -> int:
-    """Flash one ECU; exit 1 if the flash failed."""
-    vehicle = vehicle_from(args)
-    ecu = vehicle.ecu(args.ecu)
+    """Flash one ECU; exit 1 if the flash failed or a bench check stopped it."""
     try:
         image = args.image.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read image {args.image}: {exc.strerror}") from exc
+    bench = selected_bench(args)
+    if bench is not None:
+        return guarded(args, lambda: _flash_on_bench(args, bench, image))
+    vehicle = vehicle_from(args)
+    ecu = vehicle.ecu(args.ecu)
+    if args.dry_run:
+        plan = flash_plan(
+            vehicle, ecu, image, confirm=not args.no_confirm, verify=not args.no_verify
+        )
+        print("\n".join(plan.lines()))
+        return 0
     console = Console()
     show = not args.no_progress and sys.stdout.isatty()
     with (
@@ -131,3 +194,59 @@ def run_flash(args: argparse.Namespace) -> int:
         result = flash_with_progress(flasher, image, console, show)
     print_result(result, console)
     return 0 if result.ok else 1
+
+
+def _flash_on_bench(args: argparse.Namespace, bench: Bench, image: bytes) -> int:
+    ecu = bench.ecu(args.ecu)
+    if args.dry_run:
+        return _dry_run(args, bench, image)
+    console = Console()
+    show = not args.no_progress and sys.stdout.isatty()
+    with bench.connect() as rig:
+        # The flasher first: a bench without trust anchors is refused before any question.
+        flasher = bench_flasher(
+            rig, ecu.name, verify=not args.no_verify, confirm_image=not args.no_confirm
+        )
+        reading = prepare_flash(rig, ecu.name, str(args.image), yes=args.yes, ask=terminal_ask())
+        if reading is not None:
+            console.print(f"{bench.name}: supply {reading.volts:.2f} V, {reading.amps:.3f} A")
+        result = flash_with_progress(flasher, image, console, show)
+    print_result(result, console)
+    return 0 if result.ok else 1
+
+
+def _dry_run(args: argparse.Namespace, bench: Bench, image: bytes) -> int:
+    """Print the plan and what the bench checks would say; send nothing to any ECU."""
+    ecu = bench.ecu(args.ecu)
+    if ecu.flash_vehicle is None:
+        raise UsageError(
+            f"ECU {ecu.name} uses {ecu.addressing} addressing; the flasher speaks "
+            "normal_11bits only"
+        )
+    vehicle = ecu.flash_vehicle
+    plan = flash_plan(
+        vehicle,
+        vehicle.ecu(ecu.name),
+        image,
+        confirm=not args.no_confirm,
+        verify=not args.no_verify,
+    )
+    print(f"bench {bench.name} ({bench.source})")
+    print("\n".join(plan.lines()))
+    if needs_confirmation(bench) and not args.yes:
+        print("confirmation: would be asked (a real bench; --yes skips it)")
+    if bench.power is None:
+        print("supply: no power supply configured: no voltage check")
+        return 0
+    with bench.connect() as rig:
+        try:
+            reading = check_flash_supply(rig)
+        except SupplyVoltageError as exc:
+            print(f"supply: {exc}: the flash would stop before sending anything")
+            return 1
+    assert reading is not None
+    print(
+        f"supply: {reading.volts:.2f} V, flashing window {bench.power.window_text}: "
+        "the flash would go ahead"
+    )
+    return 0
