@@ -1,4 +1,4 @@
-"""docs/examples: the example bench tests pass on the sim bench (through the pytest plugin)."""
+"""examples/: the example bench tests pass on the sim bench (through the pytest plugin)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-EXAMPLES = Path(__file__).parent.parent / "docs" / "examples"
+EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
 @pytest.mark.slow

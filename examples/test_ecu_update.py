@@ -4,9 +4,9 @@ They need nothing but the package: the plugin's fixtures reach the bench named b
 ``--bench`` (or ``HIL_BENCH``, ``hil.toml``), else the simulated ``sim`` bench, which
 it starts in this process when ``hil bench sim run`` is not running::
 
-    pytest docs/examples                  # the sim bench
-    pytest docs/examples --bench lab      # a real bench from hil.toml
-    pytest docs/examples --trace-dir traces --junitxml report.xml
+    pytest examples                  # the sim bench
+    pytest examples --bench lab      # a real bench from hil.toml
+    pytest examples --trace-dir traces --junitxml report.xml
 
 The images are signed with the development key the demo vehicle trusts; on a real
 bench, sign them with the key its ``trust_anchors`` name. Each test uses an ECU of its
