@@ -139,3 +139,22 @@ def test_rollback_is_refused(rig, bench, uds):
     assert not result.ok
     assert result.failure is not None and "rollback refused" in result.failure.reason
     assert version_of(uds["bcm"]) == "3.0.0"
+
+
+def test_new_image_failing_its_boot_rolls_back_to_the_previous_one(rig, bench, uds, vehicle):
+    if not hasattr(vehicle, "ecu"):
+        pytest.skip(
+            "needs an ECU whose boot can be made to fail (the sim bench); on a real bench, "
+            "flash an image built to fail its self-test instead"
+        )
+    ecm = uds["ecm"]
+    before = version_of(ecm)
+    faults = vehicle.ecu("ecm").faults
+    faults.fail_boot()  # every trial boot of the new image fails
+    try:
+        result = flash_on_bench(rig, "ecm", image(bench, "ecm", "4.0.0", 6), yes=True)
+    finally:
+        faults.clear()
+    assert not result.ok
+    assert eventually(lambda: answers(ecm))
+    assert version_of(ecm) == before  # back on the previous bank

@@ -20,5 +20,5 @@ def test_examples_pass_on_the_sim_bench(pytester: pytest.Pytester, monkeypatch, 
     for example in sorted(EXAMPLES.glob("test_*.py")):
         pytester.makepyfile(**{example.stem: example.read_text()})
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", f"--trace-dir={tmp_path}")
-    result.assert_outcomes(passed=7)
+    result.assert_outcomes(passed=8)
     assert (tmp_path / "test_ecu_update.py_test_flash_a_new_version.blf").is_file()
