@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Self
 
 from hil.instruments.errors import InstrumentSettingError
-from hil.instruments.link import SerialLink
+from hil.instruments.link import SerialLink, open_serial_port
 
 
 class Instrument(ABC):
@@ -43,6 +43,18 @@ class Instrument(ABC):
 
         Drivers add keyword-only options (``timeout_s``, ``baudrate``...) with defaults.
         """
+
+    @classmethod
+    def _on_port(cls, port_url: str, *, baudrate: int, timeout_s: float, **settings: Any) -> Self:
+        """Open ``port_url`` and build the driver on it; close the port if that fails."""
+        # Drivers take the opened port (not a link) with their own settings.
+        make: Callable[..., Self] = cls
+        port = open_serial_port(port_url, baudrate=baudrate, timeout_s=timeout_s)
+        try:
+            return make(port, port_name=port_url, timeout_s=timeout_s, **settings)
+        except BaseException:
+            port.close()
+            raise
 
     @classmethod
     def option_names(cls) -> list[str]:

@@ -35,7 +35,7 @@ from typing import Self
 
 from hil.instruments.base import PowerSupply
 from hil.instruments.errors import InstrumentSettingError
-from hil.instruments.link import SerialLink, SerialPort, open_serial_port
+from hil.instruments.link import SerialLink, SerialPort
 
 _NUMBER = re.compile(rb"\d+\.\d+")
 _WIDTH = 5
@@ -127,20 +127,15 @@ class KoradPowerSupply(PowerSupply):
         verify: bool = True,
     ) -> Self:
         """Open the supply on ``port_url`` (a device path or a pyserial URL)."""
-        port = open_serial_port(port_url, baudrate=baudrate, timeout_s=timeout_s)
-        try:
-            return cls(
-                port,
-                port_name=port_url,
-                channel=channel,
-                timeout_s=timeout_s,
-                command_gap_s=command_gap_s,
-                idn_idle_s=idn_idle_s,
-                verify=verify,
-            )
-        except BaseException:
-            port.close()
-            raise
+        return cls._on_port(
+            port_url,
+            baudrate=baudrate,
+            timeout_s=timeout_s,
+            channel=channel,
+            command_gap_s=command_gap_s,
+            idn_idle_s=idn_idle_s,
+            verify=verify,
+        )
 
     def identify(self) -> str:
         """Return the ``*IDN?`` string, e.g. ``KORAD KA3005P V5.8 SN:03379314``."""

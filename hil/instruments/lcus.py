@@ -24,7 +24,7 @@ from typing import Self
 
 from hil.instruments.base import RelayBoard
 from hil.instruments.errors import InstrumentSettingError
-from hil.instruments.link import SerialLink, SerialPort, open_serial_port
+from hil.instruments.link import SerialLink, SerialPort
 
 FRAME_START = 0xA0
 QUERY = 0xFF
@@ -98,19 +98,14 @@ class LcusRelayBoard(RelayBoard):
         command_gap_s: float = 0.05,
     ) -> Self:
         """Open the board on ``port_url`` (a device path or a pyserial URL)."""
-        port = open_serial_port(port_url, baudrate=baudrate, timeout_s=timeout_s)
-        try:
-            return cls(
-                port,
-                port_name=port_url,
-                channels=channels,
-                state_query=state_query,
-                timeout_s=timeout_s,
-                command_gap_s=command_gap_s,
-            )
-        except BaseException:
-            port.close()
-            raise
+        return cls._on_port(
+            port_url,
+            baudrate=baudrate,
+            timeout_s=timeout_s,
+            channels=channels,
+            state_query=state_query,
+            command_gap_s=command_gap_s,
+        )
 
     @property
     def reports_state(self) -> bool:

@@ -24,7 +24,7 @@ from typing import Self
 
 from hil.instruments.base import RelayBoard
 from hil.instruments.errors import InstrumentSettingError
-from hil.instruments.link import SerialLink, SerialPort, open_serial_port
+from hil.instruments.link import SerialLink, SerialPort
 
 RELAY_INDEXES = string.digits + string.ascii_uppercase[:22]
 """Index characters of relays 0..31: ``0``-``9`` then ``A``-``V``."""
@@ -95,19 +95,14 @@ class NumatoRelayBoard(RelayBoard):
         sync: bool = True,
     ) -> Self:
         """Open the module on ``port_url`` (a device path or a pyserial URL)."""
-        port = open_serial_port(port_url, baudrate=baudrate, timeout_s=timeout_s)
-        try:
-            return cls(
-                port,
-                port_name=port_url,
-                channels=channels,
-                timeout_s=timeout_s,
-                command_gap_s=command_gap_s,
-                sync=sync,
-            )
-        except BaseException:
-            port.close()
-            raise
+        return cls._on_port(
+            port_url,
+            baudrate=baudrate,
+            timeout_s=timeout_s,
+            channels=channels,
+            command_gap_s=command_gap_s,
+            sync=sync,
+        )
 
     @property
     def reports_state(self) -> bool:

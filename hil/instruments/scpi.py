@@ -28,7 +28,7 @@ from typing import Self
 
 from hil.instruments.base import PowerSupply
 from hil.instruments.errors import InstrumentError, InstrumentTimeoutError, ScpiError
-from hil.instruments.link import SerialLink, SerialPort, open_serial_port
+from hil.instruments.link import SerialLink, SerialPort
 
 _ERROR = re.compile(r'\s*([+-]?\d+)\s*,\s*"?(.*?)"?\s*')
 _MAX_QUEUED_ERRORS = 32
@@ -104,20 +104,15 @@ class ScpiPowerSupply(PowerSupply):
         terminator: str = "\n",
     ) -> Self:
         """Open the supply on ``port_url`` (a device path or a pyserial URL)."""
-        port = open_serial_port(port_url, baudrate=baudrate, timeout_s=timeout_s)
-        try:
-            return cls(
-                port,
-                port_name=port_url,
-                channel=channel,
-                timeout_s=timeout_s,
-                command_gap_s=command_gap_s,
-                check_errors=check_errors,
-                terminator=terminator,
-            )
-        except BaseException:
-            port.close()
-            raise
+        return cls._on_port(
+            port_url,
+            baudrate=baudrate,
+            timeout_s=timeout_s,
+            channel=channel,
+            command_gap_s=command_gap_s,
+            check_errors=check_errors,
+            terminator=terminator,
+        )
 
     def write(self, command: str) -> None:
         """Send a command that has no reply; with ``check_errors``, raise on a queued error."""
