@@ -292,7 +292,19 @@ class CampaignEngine:
             if release is None:
                 raise NotFound(f"release {spec.release_id} does not exist")
             matched = tx.find_vehicles(spec.filter)
-            targets = [v.vin for v in matched if spec.force or not compatible(v, release)]
+            if spec.force:
+                targets = [v.vin for v in matched]
+            else:
+                # Vehicles of one build often share their inventory object: judge
+                # each inventory once (held here, so that its id is not reused).
+                verdicts: dict[int, tuple[tuple[EcuInfo, ...], bool]] = {}
+                targets = []
+                for v in matched:
+                    known = verdicts.get(id(v.ecus))
+                    if known is None:
+                        known = verdicts[id(v.ecus)] = (v.ecus, not compatible(v, release))
+                    if known[1]:
+                        targets.append(v.vin)
             if not targets:
                 why = (
                     "no registered vehicle matches the filter"
@@ -545,6 +557,9 @@ class CampaignEngine:
         if not 0 <= report.progress_pct <= 100:
             raise InvalidArgument("progress_pct must be between 0 and 100")
         key = lookup_id("dep", report.deployment_id, "deployment_id")
+        state = report.state
+        # What the vehicle said beyond the state goes to the event log.
+        said = bool(report.detail or report.ecu_progress)
 
         def work(tx: Tx) -> ReportOutcome:
             action = tx.get_action(key)
@@ -556,7 +571,8 @@ class CampaignEngine:
                 )
             # Serialise with the campaign's other writers before judging the
             # action, so that wave decisions see every committed outcome.
-            campaign = self._locked(tx, action.campaign_key)
+            campaign = tx.get_campaign(action.campaign_key, lock=True)
+            assert campaign is not None
             action = tx.get_action(key)
             assert action is not None
             now = self.clock()
@@ -564,42 +580,47 @@ class CampaignEngine:
                 return ReportOutcome(action, True, campaign)
             if report.inventory:
                 tx.touch_vehicle(report.vin, at=now, state=None, ecus=report.inventory)
-            if action.state is ActionState.CANCELED:
+            current = action.state
+            if current is ActionState.CANCELED:
                 raise FailedPrecondition(
                     f"deployment {report.deployment_id} was canceled: stop working on it"
                 )
-            if report.state is action.state and action.state not in TERMINAL_ACTION_STATES:
+            if state is current and current not in TERMINAL_ACTION_STATES:
                 progressed = copy_with(
                     action, {"progress_pct": report.progress_pct, "updated_at": now}
                 )
-                tx.update_action(progressed, expected=action.state)
-                self._report_event(tx, campaign, report)
+                tx.update_action(progressed, expected=current)
+                if said:
+                    self._report_event(tx, campaign, report)
                 return ReportOutcome(progressed, False, campaign)
-            if report.state not in ACTION_TRANSITIONS[action.state]:
+            if state not in ACTION_TRANSITIONS[current]:
                 raise FailedPrecondition(
-                    f"deployment {report.deployment_id} is {action.state.value}; "
-                    f"it cannot become {report.state.value}"
+                    f"deployment {report.deployment_id} is {current.value}; "
+                    f"it cannot become {state.value}"
                 )
-            if report.state in TERMINAL_ACTION_STATES:
+            final: Action | None
+            if state in TERMINAL_ACTION_STATES:
                 campaign = self._finish(
                     tx,
                     campaign,
                     action,
-                    report.state,
+                    state,
                     report.failure_step,
                     report.failure_reason,
                     progress_pct=report.progress_pct,
                 )
+                final = None  # ended, or made pending again for a retry: read it back
             else:
                 moved = copy_with(
-                    action,
-                    {"state": report.state, "progress_pct": report.progress_pct, "updated_at": now},
+                    action, {"state": state, "progress_pct": report.progress_pct, "updated_at": now}
                 )
-                tx.update_action(moved, expected=action.state)
-                self._event(tx, campaign, "action", vin=action.vin, action_state=report.state)
-            self._report_event(tx, campaign, report)
-            final = tx.get_action(key)
-            assert final is not None
+                final = moved if tx.update_action(moved, expected=current) else None
+                self._event(tx, campaign, "action", vin=action.vin, action_state=state)
+            if said:
+                self._report_event(tx, campaign, report)
+            if final is None:
+                final = tx.get_action(key)
+                assert final is not None
             return ReportOutcome(final, False, campaign)
 
         return self.store.run(work)
@@ -914,8 +935,13 @@ class CampaignEngine:
             else:
                 counts = tx.wave_counts(campaign.key, wave).get(wave, {})
             succeeded = counts.get(ActionState.SUCCEEDED, 0)
-            failed = sum(counts.get(s, 0) for s in FAILURE_STATES)
-            ended = sum(counts.get(s, 0) for s in TERMINAL_ACTION_STATES)
+            # One pass over the few states present (this runs after every outcome).
+            failed = ended = 0
+            for state, number in counts.items():
+                if state in TERMINAL_ACTION_STATES:
+                    ended += number
+                    if state in FAILURE_STATES:
+                        failed += number
             accepted = wave in campaign.accepted_waves
             if (
                 not accepted

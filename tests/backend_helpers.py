@@ -56,8 +56,7 @@ def seed(store, vehicles: list[Vehicle], *, releases: int = 1) -> list[Release]:
     """Register ``vehicles`` and add releases; return the stored releases."""
 
     def work(tx):
-        for v in vehicles:
-            tx.put_vehicle(v)
+        tx.put_vehicles(vehicles)
         return [tx.add_release(release(version=f"2.0.{i}")) for i in range(releases)]
 
     return store.run(work)

@@ -24,6 +24,7 @@ from backend_stub.model import (
     RolloutRate,
     VehicleFilter,
     WaveSpec,
+    parse_id,
 )
 
 _reports = itertools.count()
@@ -270,6 +271,53 @@ def test_duplicate_report_is_applied_once(engine, store):
     assert second.action.state is ActionState.PENDING
     events = store.run(lambda tx: tx.events_after(campaign.key, after_key=0, limit=100))
     assert sum(e.action_state is ActionState.FAILED for e in events) == 1
+
+
+def test_ids_take_ascii_digits_only(engine, store):
+    campaign = make(engine, store, n=1, waves=())
+    engine.start(campaign.campaign_id)
+    (offer,) = engine.check_in(vin(0))
+    key = offer.action.key
+    # The same number in another script's digits is not the deployment (nor a crash).
+    other_script = "dep-" + "".join(chr(0x0660 + int(d)) for d in str(key))
+    for bad in (other_script, "dep-\u00b2", "dep-1\u00b2"):
+        with pytest.raises(NotFound):
+            engine.deployment(vin(0), bad)
+        with pytest.raises(NotFound):
+            report(engine, vin(0), bad, ActionState.DOWNLOADING)
+    with pytest.raises(NotFound):
+        engine.status("cmp-\u00b2")
+    with pytest.raises(InvalidArgument, match="not an id of the form rel-N"):
+        parse_id("rel", "rel-\u00b2", "release_id")
+    assert engine.deployment(vin(0), f"dep-{key}")[0].key == key
+
+
+def test_put_vehicles_is_put_vehicle_one_by_one_and_undone_as_one(store):
+    seed(store, [vehicle(5), vehicle(1)])
+    batch = [
+        vehicle(3),
+        vehicle(1, model="other"),
+        vehicle(0),
+        vehicle(3, model="last"),  # a VIN twice: the later one stays, as one by one
+    ]
+    store.run(lambda tx: tx.put_vehicles(batch))
+
+    def everyone(after: str = "") -> list:
+        return store.run(lambda tx: tx.find_vehicles(VehicleFilter(), after_vin=after))
+
+    found = everyone()
+    assert [v.vin for v in found] == [vin(0), vin(1), vin(3), vin(5)]
+    assert [v.model for v in found] == ["demo", "other", "last", "demo"]
+    assert [v.vin for v in everyone(after=vin(1))] == [vin(3), vin(5)]
+
+    def failing(tx):
+        tx.put_vehicles([vehicle(7), vehicle(0, model="gone"), vehicle(2)])
+        raise RuntimeError("the transaction fails after the batch")
+
+    with pytest.raises(RuntimeError):
+        store.run(failing)
+    assert everyone() == found
+    assert [v.vin for v in everyone(after=vin(0))] == [vin(1), vin(3), vin(5)]
 
 
 def test_rejected_report_leaves_no_trace(engine, store):

@@ -37,6 +37,9 @@ class Tx(Protocol):
     def put_vehicle(self, vehicle: Vehicle) -> None:
         """Insert or replace a vehicle (all fields)."""
 
+    def put_vehicles(self, vehicles: Sequence[Vehicle]) -> None:
+        """Insert or replace many vehicles, as :meth:`put_vehicle` would one by one."""
+
     def touch_vehicle(
         self, vin: str, *, at: float, state: str | None, ecus: Sequence[EcuInfo] | None
     ) -> bool:

@@ -62,11 +62,10 @@ class _History:
         self.keys.pop()
 
 
-def _restore_counts(
-    counts: dict[ActionState, int], first: ActionState, n: int, second: ActionState, m: int
-) -> None:
-    counts[first] = n
-    counts[second] = m
+def _uncount(counts: dict[ActionState, int], left: ActionState, entered: ActionState) -> None:
+    """Undo one action's move from ``left`` to ``entered`` in a wave's counts."""
+    counts[entered] -= 1
+    counts[left] += 1
 
 
 class _MemoryTx:
@@ -116,7 +115,7 @@ class _MemoryTx:
         leaves a gap, which nothing relies on.
         """
         sequences = self._s.sequences
-        first = sequences[name] + 1
+        first = sequences.get(name, 0) + 1
         sequences[name] = first + count - 1
         return first
 
@@ -130,6 +129,25 @@ class _MemoryTx:
             self._s.vins.insert(position, vehicle.vin)
             self._undo.append((self._s.vins.remove, vehicle.vin))
         self._set(self._s.vehicles, vehicle.vin, vehicle)
+
+    def put_vehicles(self, vehicles: Sequence[Vehicle]) -> None:
+        # One undo entry and one merge of the sorted VINs for the whole batch:
+        # a modeled fleet registers a million vehicles at once.
+        table = self._s.vehicles
+        previous: dict[str, Vehicle | None] = {}
+        for vehicle in vehicles:
+            vin = vehicle.vin
+            if vin not in previous:
+                previous[vin] = table.get(vin)
+            table[vin] = vehicle
+        added = sorted(vin for vin, old in previous.items() if old is None)
+        vins = self._s.vins
+        if added and vins and added[0] < vins[-1]:
+            vins.extend(added)
+            vins.sort()
+        else:
+            vins.extend(added)
+        self._undo.append((self._s.restore_vehicles, previous, added))
 
     def touch_vehicle(
         self, vin: str, *, at: float, state: str | None, ecus: Sequence[EcuInfo] | None
@@ -276,15 +294,21 @@ class _MemoryTx:
         if action.state is not current.state:
             counts = self._s.counts[action.campaign_key][action.wave]
             old_state, new_state = current.state, action.state
-            before, after = counts.get(old_state, 0), counts.get(new_state, 0)
-            self._undo.append((_restore_counts, counts, old_state, before, new_state, after))
-            counts[old_state] = before - 1
-            counts[new_state] = after + 1
+            self._undo.append((_uncount, counts, old_state, new_state))
+            # The state left is counted (the action was in it); the state entered may not be.
+            counts[old_state] -= 1
+            counts[new_state] = counts.get(new_state, 0) + 1
         return True
 
     def actions_of_vehicle(self, vin: str, states: Collection[ActionState]) -> list[Action]:
-        actions = (self._s.actions[k] for k in sorted(self._s.by_vin.get(vin, ())))
-        return [a for a in actions if a.state in states]
+        keys = self._s.by_vin.get(vin)
+        if not keys:
+            return []
+        actions = self._s.actions
+        if len(keys) == 1:  # most vehicles are in one campaign: no sort, no generator
+            action = actions[keys[0]]
+            return [action] if action.state in states else []
+        return [a for a in (actions[k] for k in sorted(keys)) if a.state in states]
 
     def move_actions(
         self,
@@ -329,8 +353,9 @@ class _MemoryTx:
         self, campaign_key: int, wave: int | None = None
     ) -> dict[int, dict[ActionState, int]]:
         counts: Mapping[int, dict[ActionState, int]] = self._s.counts.get(campaign_key, {})
-        waves = sorted(counts) if wave is None else [wave]
-        return {w: {s: n for s, n in counts.get(w, {}).items() if n} for w in waves}
+        if wave is not None:  # the wave rules ask for one wave after each outcome
+            return {wave: {s: n for s, n in counts.get(wave, {}).items() if n}}
+        return {w: {s: n for s, n in counts[w].items() if n} for w in sorted(counts)}
 
     def count_actions(self) -> dict[ActionState, int]:
         totals: dict[ActionState, int] = {}
@@ -418,6 +443,9 @@ class _MemoryTx:
         return True
 
 
+_new_tx = object.__new__
+
+
 class MemoryStore:
     """The store contract in process memory (nothing survives the process)."""
 
@@ -440,7 +468,9 @@ class MemoryStore:
         )
         self.histories: dict[int, _History] = {}
         self.reports: set[str] = set()
-        self.sequences: dict[str, int] = defaultdict(int)
+        # A plain dict (indexing a dict subclass is slower), with the event
+        # sequence, which every report advances, present from the start.
+        self.sequences: dict[str, int] = {"event": 0}
 
     def touch(
         self, vin: str, *, at: float, state: str | None, ecus: Sequence[EcuInfo] | None
@@ -456,9 +486,21 @@ class MemoryStore:
                 return False, False
             self.vehicles[vin] = _touched(vehicle, at, state, ecus)
             actions = self.actions
-            return True, any(
-                actions[key].state in UNFINISHED_STATES for key in self.by_vin.get(vin, ())
-            )
+            for key in self.by_vin.get(vin, ()):
+                if actions[key].state in UNFINISHED_STATES:
+                    return True, True
+            return True, False
+
+    def restore_vehicles(self, previous: dict[str, Vehicle | None], added: list[str]) -> None:
+        """Put back the vehicles a batch replaced and forget those it added (its undo)."""
+        for vin, vehicle in previous.items():
+            if vehicle is None:
+                del self.vehicles[vin]
+            else:
+                self.vehicles[vin] = vehicle
+        if added:
+            gone = set(added)
+            self.vins[:] = [vin for vin in self.vins if vin not in gone]
 
     def drop_actions(self, first: int, count: int) -> None:
         """Forget actions ``first`` .. ``first + count - 1`` (the undo of a campaign's creation)."""
@@ -469,7 +511,11 @@ class MemoryStore:
     def run(self, work: Callable[[_MemoryTx], T], *, write: bool = True) -> T:
         """Run ``work`` under the store's lock; undo its changes if it raises."""
         with self._lock:
-            tx = _MemoryTx(self)
+            # ``_MemoryTx(self)`` without the call of ``__init__``: every
+            # vehicle call of a fleet runs a transaction.
+            tx = _new_tx(_MemoryTx)
+            tx._s = self
+            tx._undo = []
             try:
                 return work(tx)
             except BaseException:

@@ -425,6 +425,10 @@ class _SqlTx:
             statement.on_conflict_do_update(index_elements=[vehicles.c.vin], set_=values)
         )
 
+    def put_vehicles(self, vehicles: Sequence[Vehicle]) -> None:
+        for vehicle in vehicles:
+            self.put_vehicle(vehicle)
+
     def touch_vehicle(
         self, vin: str, *, at: float, state: str | None, ecus: Sequence[EcuInfo] | None
     ) -> bool:
