@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
 from pathlib import Path
 
@@ -133,6 +134,22 @@ def test_same_seed_same_log_other_seed_differs(tmp_path: Path) -> None:
     assert other.log.digest() != first.log.digest()
     # Not only the digest: what happened to the vehicles differs.
     assert [o["state"] for o in other.outcomes] != [o["state"] for o in first.outcomes]
+
+
+def test_a_modeled_run_gives_the_collector_back_even_when_it_fails(tmp_path: Path) -> None:
+    assert gc.isenabled()
+    run = run_fleet(tmp_path, vehicles=200)
+    assert run.passed and gc.isenabled()
+    # A run cut short by its horizon ends in an error, and still re-enables it.
+    cut = run_fleet(tmp_path, seed=2, vehicles=200, horizon_days=0.01)
+    assert cut.error.startswith("time limit") and gc.isenabled()
+    gc.disable()
+    try:
+        # A caller that disabled the collector keeps it disabled.
+        run_fleet(tmp_path, seed=3, vehicles=200)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_fleet_parameters_are_validated(tmp_path: Path) -> None:
