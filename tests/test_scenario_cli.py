@@ -304,6 +304,14 @@ def test_bad_scenario_files_are_one_line_errors_naming_file_and_key(
     assert not (tmp_path / "r").exists()
 
 
+def test_a_scenario_file_that_is_not_utf8_is_named_in_its_error(capsys, tmp_path):
+    path = tmp_path / "latin.toml"
+    path.write_bytes('scenario = "test-tiny"\n# r\u00e9sum\u00e9\n'.encode("latin-1"))
+    code, _out, err = run(capsys, "scenario", "run", str(path), "--report", str(tmp_path / "r"))
+    assert code == 2
+    one_line_error(err, "latin.toml: not UTF-8 text (byte 0xe9 at offset 26)")
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
