@@ -461,6 +461,11 @@ class CampaignEngine:
                     if stale:
                         campaign = self._locked(tx, listed.key)
                         for action in stale:
+                            # An abort by an earlier timeout of this loop may have
+                            # canceled it meanwhile.
+                            current = tx.get_action(action.key)
+                            if current is None or current.state is not action.state:
+                                continue
                             reason = f"no report for {campaign.action_timeout_s} s"
                             campaign = self._finish(
                                 tx, campaign, action, ActionState.FAILED, "timeout", reason

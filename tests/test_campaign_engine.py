@@ -909,6 +909,36 @@ def test_abort_criteria_apply_while_paused_and_on_tick(engine, store, clock):
     assert status.campaign.pause_reason.startswith("abort criterion: 1 of 2 executed")
 
 
+def test_tick_counts_only_the_actions_it_timed_out(engine, store, clock):
+    campaign = make(
+        engine,
+        store,
+        n=4,
+        waves=(),
+        action_timeout_s=60,
+        error_threshold_pct=100,
+        abort_criteria=(AbortCriterion("any", 50.0, 2),),
+    )
+    cid = campaign.campaign_id
+    engine.start(cid)
+    deliver(engine, 0)
+    for n in (1, 2, 3):
+        assert engine.check_in(vin(n))  # notified, then silent
+    clock.advance(61)
+    # The first silent vehicle's timeout makes 1 of 2 executed fail: the abort
+    # cancels the other two, which this tick then did not time out.
+    assert engine.tick() == 1
+    states = {a.vin: a.state for a in store.run(lambda tx: tx.list_actions(campaign.key))}
+    assert states == {
+        vin(0): ActionState.SUCCEEDED,
+        vin(1): ActionState.FAILED,
+        vin(2): ActionState.CANCELED,
+        vin(3): ActionState.CANCELED,
+    }
+    assert engine.status(cid).campaign.state is CampaignState.ABORTED
+    assert engine.tick() == 0
+
+
 def test_abort_while_paused_on_a_report(engine, store):
     campaign = make(
         engine,
