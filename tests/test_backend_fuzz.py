@@ -140,6 +140,7 @@ def requests(client):
                     st.one_of(
                         st.builds(campaign_pb2.WaveSpec, count=uint),
                         st.builds(campaign_pb2.WaveSpec, percent=st.floats()),
+                        st.builds(campaign_pb2.WaveSpec, count=uint, start_after_s=st.floats()),
                         st.just(campaign_pb2.WaveSpec()),
                     ),
                     max_size=3,
@@ -148,6 +149,29 @@ def requests(client):
                 error_threshold_pct=st.floats(),
                 max_retries=uint,
                 action_timeout_s=uint,
+                force=st.booleans(),
+                request_id=text,
+                rollout_rate=st.one_of(
+                    st.none(),
+                    st.builds(
+                        campaign_pb2.RolloutRate,
+                        base_per_minute=uint,
+                        increment_factor=st.floats(),
+                        increase_every=uint,
+                        # Out-of-range numbers too: proto3 enums are open.
+                        increase_on=st.integers(0, 5),
+                        maximum_per_minute=uint,
+                    ),
+                ),
+                abort_criteria=st.lists(
+                    st.builds(
+                        campaign_pb2.AbortCriterion,
+                        failure=st.integers(0, 5),
+                        threshold_pct=st.floats(),
+                        min_executed=uint,
+                    ),
+                    max_size=12,
+                ),
             ),
         ),
         *[
