@@ -314,7 +314,9 @@ def _collector_back() -> None:
     What the run made either lives on with its results or dies with its
     world, in one piece: scanning it as young (then middle-aged) objects
     first, hundreds of thousands of them, would only repeat the work that the
-    next full collection does anyway.
+    next full collection does anyway. A world that died is freed by that
+    collection; a modeled fleet runs one before it freezes its own world, so
+    that runs in one process do not pile up.
     """
     gc.freeze()
     gc.unfreeze()  # the frozen objects go to the oldest generation

@@ -461,8 +461,10 @@ class FleetWorld:
             )
         self._register()
         # What was just built lives as long as the run: keep the collector off
-        # it. No collection first: building makes next to no garbage cycles,
-        # and a full collection of a large fleet costs more than they weigh.
+        # it. Collect first, so that nothing dead is frozen with it: above all
+        # the worlds of earlier runs in this process, which their runs left to
+        # the next full collection (``scenarios.core.execute``).
+        gc.collect()
         gc.freeze()
         self.run.stack.callback(gc.unfreeze)
 

@@ -152,6 +152,20 @@ def test_a_modeled_run_gives_the_collector_back_even_when_it_fails(tmp_path: Pat
         gc.enable()
 
 
+def test_worlds_of_modeled_runs_in_one_process_do_not_pile_up(tmp_path: Path) -> None:
+    from scenarios.fleet import FleetWorld
+
+    def worlds() -> int:
+        return sum(isinstance(o, FleetWorld) for o in gc.get_objects())
+
+    for seed in range(4):
+        run = run_fleet(tmp_path, seed=seed, vehicles=300)
+        assert run.error == ""
+        # This run's world may wait for a collection; earlier ones were freed.
+        assert worlds() <= 1, seed
+        del run  # its environment still holds the world's processes
+
+
 def test_fleet_parameters_are_validated(tmp_path: Path) -> None:
     scenario = get_scenario("fleet")
     with pytest.raises(ScenarioError, match=r"params\.connectivity\.warp: unknown key"):
