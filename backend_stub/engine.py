@@ -462,9 +462,10 @@ class CampaignEngine:
                         campaign = self._locked(tx, listed.key)
                         for action in stale:
                             # An abort by an earlier timeout of this loop may have
-                            # canceled it meanwhile.
+                            # canceled it meanwhile, or the vehicle reported before
+                            # the lock was taken.
                             current = tx.get_action(action.key)
-                            if current is None or current.state is not action.state:
+                            if current != action:
                                 continue
                             reason = f"no report for {campaign.action_timeout_s} s"
                             campaign = self._finish(

@@ -297,6 +297,15 @@ def test_positional_copies_keep_every_field_in_its_place():
     assert _touched(car, 9.0, None, None) == copy_with(car, {"last_seen_at": 9.0, "checkins": 4})
 
 
+def test_copy_with_refuses_a_field_the_record_does_not_have():
+    from backend_stub.model import Action, copy_with
+
+    action = Action(1, 2, vin(3), 0, ActionState.PENDING, 0.0)
+    with pytest.raises(AttributeError, match=r"Action has no field\(s\) \['colour'\]"):
+        copy_with(action, {"state": ActionState.NOTIFIED, "colour": "red"})
+    assert copy_with(action, {}) == action
+
+
 def test_ids_take_ascii_digits_only(engine, store):
     campaign = make(engine, store, n=1, waves=())
     engine.start(campaign.campaign_id)
@@ -335,13 +344,21 @@ def test_put_vehicles_is_put_vehicle_one_by_one_and_undone_as_one(store):
     assert [v.vin for v in everyone(after=vin(1))] == [vin(3), vin(5)]
 
     def failing(tx):
-        tx.put_vehicles([vehicle(7), vehicle(0, model="gone"), vehicle(2)])
+        tx.put_vehicles([vehicle(7), vehicle(0, model="gone"), vehicle(2), vehicle(7, model="x")])
         raise RuntimeError("the transaction fails after the batch")
+
+    def stopped_halfway():
+        yield vehicle(8)
+        yield vehicle(1, model="half")
+        raise KeyboardInterrupt  # a batch interrupted while it is written
 
     with pytest.raises(RuntimeError):
         store.run(failing)
+    with pytest.raises(KeyboardInterrupt):
+        store.run(lambda tx: tx.put_vehicles(stopped_halfway()))
     assert everyone() == found
     assert [v.vin for v in everyone(after=vin(0))] == [vin(1), vin(3), vin(5)]
+    assert store.run(lambda tx: [tx.get_vehicle(vin(n)) for n in (2, 7, 8)]) == [None] * 3
 
 
 def test_rejected_report_leaves_no_trace(engine, store):

@@ -152,6 +152,19 @@ def test_a_modeled_run_gives_the_collector_back_even_when_it_fails(tmp_path: Pat
         gc.enable()
 
 
+@pytest.mark.parametrize("vin", ["", "SMFLEET0000000001"])
+@pytest.mark.parametrize("state", [None, "downloading"])
+@pytest.mark.parametrize("detail", ["", "attempt 2"])
+def test_event_rows_say_what_event_text_says(vin: str, state: str | None, detail: str) -> None:
+    from backend_stub.model import ActionState, CampaignEvent
+    from scenarios.fleet import event_rows, event_text
+
+    event = CampaignEvent(
+        0, 1, 12.5, "action", vin, ActionState(state) if state else None, None, detail
+    )
+    assert list(event_rows([event])) == [(12.5, "action", event_text(event))]
+
+
 def test_worlds_of_modeled_runs_in_one_process_do_not_pile_up(tmp_path: Path) -> None:
     from scenarios.fleet import FleetWorld
 
@@ -163,6 +176,8 @@ def test_worlds_of_modeled_runs_in_one_process_do_not_pile_up(tmp_path: Path) ->
         assert run.error == ""
         # This run's world may wait for a collection; earlier ones were freed.
         assert worlds() <= 1, seed
+        if seed == 0:
+            assert worlds() == 1  # (the count does see a world)
         del run  # its environment still holds the world's processes
 
 

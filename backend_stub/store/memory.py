@@ -140,8 +140,11 @@ class _MemoryTx:
     def put_vehicles(self, vehicles: Sequence[Vehicle]) -> None:
         # One undo entry and one merge of the sorted VINs for the whole batch:
         # a modeled fleet registers a million vehicles at once.
+        # The undo goes first and ``previous`` fills in under it, so that a
+        # batch stopped halfway (an interrupt) is undone as far as it went.
         table = self._s.vehicles
         previous: dict[str, Vehicle | None] = {}
+        self._undo.append((self._s.restore_vehicles, previous))
         for vehicle in vehicles:
             vin = vehicle.vin
             if vin not in previous:
@@ -154,7 +157,6 @@ class _MemoryTx:
             vins.sort()
         else:
             vins.extend(added)
-        self._undo.append((self._s.restore_vehicles, previous, added))
 
     def touch_vehicle(
         self, vin: str, *, at: float, state: str | None, ecus: Sequence[EcuInfo] | None
@@ -301,10 +303,11 @@ class _MemoryTx:
         if action.state is not current.state:
             counts = self._s.counts[action.campaign_key][action.wave]
             old_state, new_state = current.state, action.state
-            self._undo.append((_uncount, counts, old_state, new_state))
-            # The state left is counted (the action was in it); the state entered may not be.
+            # The state left is counted (the action was in it); the state entered
+            # may not be. The undo is pushed once both are done.
             counts[old_state] -= 1
             counts[new_state] = counts.get(new_state, 0) + 1
+            self._undo.append((_uncount, counts, old_state, new_state))
         return True
 
     def actions_of_vehicle(self, vin: str, states: Collection[ActionState]) -> list[Action]:
@@ -506,15 +509,20 @@ class MemoryStore:
                     return True, True
             return True, False
 
-    def restore_vehicles(self, previous: dict[str, Vehicle | None], added: list[str]) -> None:
-        """Put back the vehicles a batch replaced and forget those it added (its undo)."""
+    def restore_vehicles(self, previous: dict[str, Vehicle | None]) -> None:
+        """Put back the vehicles a batch replaced and forget those it added (its undo).
+
+        ``previous``: each VIN the batch reached, with its vehicle before the
+        batch (``None``: it was not registered).
+        """
+        gone = set()
         for vin, vehicle in previous.items():
             if vehicle is None:
-                del self.vehicles[vin]
+                self.vehicles.pop(vin, None)
+                gone.add(vin)
             else:
                 self.vehicles[vin] = vehicle
-        if added:
-            gone = set(added)
+        if gone:
             self.vins[:] = [vin for vin in self.vins if vin not in gone]
 
     def drop_actions(self, first: int, count: int) -> None:
