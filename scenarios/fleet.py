@@ -551,6 +551,16 @@ class FleetWorld:
         resumed = self.engine.resume(self.campaign_id)
         self._campaign_changed(resumed, wake_pending=True)
 
+    def backend_answers(self, retry_s: float) -> ProcessGenerator:
+        """Wait until the backend is up, as an operator whose calls it refuses retries them."""
+        if self.backend_up:
+            return
+        self.run.event(
+            "operator", "refused", f"the backend does not answer; retrying every {retry_s:g} s"
+        )
+        while not self.backend_up:
+            yield self.env.timeout(retry_s)
+
     def abort(self, reason: str) -> None:
         """Abort the campaign as an operator."""
         self._campaign_changed(self.engine.abort(self.campaign_id, reason))

@@ -17,7 +17,8 @@ does then (:mod:`gateway.backend`, :mod:`gateway.orchestrator`):
   and is dropped when the outcome is known or the backoff gives up. The final
   report is sent again under the same report id until it is delivered, so no
   outcome is lost. The backend keeps its state (it restarts over its store);
-  its timer skips its ticks while it is down.
+  its timer skips its ticks while it is down, and the operator's calls wait
+  for it (:meth:`scenarios.fleet.FleetWorld.backend_answers`).
 - **gateway-restart** (``down_s``; ``vin``, or every vehicle working on an
   update at that moment). The vehicle's process is interrupted; the gateway
   comes back after ``down_s``, registers again (retrying while the backend is

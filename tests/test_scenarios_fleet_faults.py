@@ -212,6 +212,31 @@ def test_a_fault_without_effect_leaves_the_run_as_it_was(tmp_path: Path) -> None
 
 
 # ------------------------------------------------------------- backend and link
+def test_the_operator_resumes_only_once_the_backend_answers(tmp_path: Path) -> None:
+    down_at, down_s = 35_000.0, 20_000.0
+    out = run_fleet(
+        tmp_path,
+        [{"kind": "backend-restart", "at_s": down_at, "down_s": down_s}],
+        vehicles=200,
+        failure={"download": 0.0, "flash": 0.2, "boot": 0.0},
+        campaign={"waves": [{"percent": 50}], "error_threshold_pct": 10.0},
+        on_pause="resume",
+        review_h=4.0,
+        expect="completed",
+    )
+    assert out.run.passed, [c for c in out.run.checks if not c.passed]
+    log = [(e.at, e.source, e.kind) for e in out.run.log.entries]
+    paused = [at for at, source, kind in log if (source, kind) == ("campaign", "paused")]
+    resumed = [at for at, source, kind in log if (source, kind) == ("operator", "resume")]
+    # The first review ends while the backend is down (the premise of this test) ...
+    assert paused[0] < down_at < paused[0] + 4 * 3600 + 1800 < down_at + down_s
+    # ... so the operator's call is refused, and the resume waits for the backend.
+    refused = [at for at, source, kind in log if (source, kind) == ("operator", "refused")]
+    assert len(refused) == 1 and down_at < refused[0] < down_at + down_s
+    assert down_at + down_s <= resumed[0] <= down_at + down_s + 1800
+    assert not [e for e in out.events if down_at < e.at < down_at + down_s]
+
+
 def test_a_six_hour_backend_restart_refuses_calls_and_loses_no_report(tmp_path: Path) -> None:
     start, down = 1800.0, 6 * 3600.0
     out = run_fleet(

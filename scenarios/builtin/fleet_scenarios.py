@@ -120,11 +120,14 @@ class FleetScenario(Scenario):
                 break
             if campaign.state is CampaignState.PAUSED and len(pauses) > handled:
                 handled = len(pauses)
+                # The operator's calls reach the backend only while it runs.
                 if params.on_pause == "abort":
+                    yield from world.backend_answers(params.sample_min * MINUTE)
                     world.abort("aborted after an automatic pause")
                     continue
                 if params.on_pause == "resume" and campaign.auto_paused:
                     yield run.env.timeout(params.review_h * HOUR)
+                    yield from world.backend_answers(params.sample_min * MINUTE)
                     run.event("operator", "resume", "failures reviewed and accepted")
                     world.resume()
                     continue
