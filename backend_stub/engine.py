@@ -575,8 +575,7 @@ class CampaignEngine:
                 )
             # Serialise with the campaign's other writers before judging the
             # action, so that wave decisions see every committed outcome.
-            campaign = tx.get_campaign(action.campaign_key, lock=True)
-            assert campaign is not None
+            campaign = self._locked(tx, action.campaign_key)
             action = tx.get_action(key)
             assert action is not None
             now = self.clock()
@@ -1017,9 +1016,11 @@ class CampaignEngine:
         return campaign
 
     def _report_event(self, tx: Tx, campaign: Campaign, report: DeploymentReport) -> None:
-        """Keep what the vehicle said about its ECUs and its activity in the event log."""
-        if not (report.detail or report.ecu_progress):
-            return
+        """Keep what the vehicle said about its ECUs and its activity in the event log.
+
+        ``report`` calls it only when the vehicle said something (a detail or ECU
+        progress): most reports carry neither.
+        """
         detail = describe_report(report)
         if detail:
             self._event(

@@ -904,7 +904,8 @@ def test_retried_failures_count_only_when_final(engine, store):
     assert engine.status(cid).campaign.state is CampaignState.ABORTED
 
 
-def test_abort_criteria_apply_while_paused_and_on_tick(engine, store, clock):
+def one_success_then_abort_at_half(engine, store):
+    """Four vehicles, the first updated; abort once half of two or more executed failed."""
     campaign = make(
         engine,
         store,
@@ -914,9 +915,14 @@ def test_abort_criteria_apply_while_paused_and_on_tick(engine, store, clock):
         error_threshold_pct=100,
         abort_criteria=(AbortCriterion("any", 50.0, 2),),
     )
-    cid = campaign.campaign_id
-    engine.start(cid)
+    engine.start(campaign.campaign_id)
     deliver(engine, 0)
+    return campaign
+
+
+def test_abort_criteria_apply_while_paused_and_on_tick(engine, store, clock):
+    campaign = one_success_then_abort_at_half(engine, store)
+    cid = campaign.campaign_id
     assert engine.check_in(vin(1))  # notified, then silent
     engine.pause(cid, "night")
     clock.advance(61)
@@ -927,18 +933,8 @@ def test_abort_criteria_apply_while_paused_and_on_tick(engine, store, clock):
 
 
 def test_tick_counts_only_the_actions_it_timed_out(engine, store, clock):
-    campaign = make(
-        engine,
-        store,
-        n=4,
-        waves=(),
-        action_timeout_s=60,
-        error_threshold_pct=100,
-        abort_criteria=(AbortCriterion("any", 50.0, 2),),
-    )
+    campaign = one_success_then_abort_at_half(engine, store)
     cid = campaign.campaign_id
-    engine.start(cid)
-    deliver(engine, 0)
     for n in (1, 2, 3):
         assert engine.check_in(vin(n))  # notified, then silent
     clock.advance(61)
