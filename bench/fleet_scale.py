@@ -10,18 +10,20 @@ report: the whole campaign, not only its first waves.
 The timed run is the scenario as ``hil scenario run fleet`` runs it, in a
 plain SimPy environment; the events it processed are counted afterwards from
 the environment's own bookkeeping (:func:`processed`). A second, untimed run
-with the same seed records, for every process, when it started and every
-timeout it asked for; its log digest and event count must equal the timed
-run's, which shows both runs processed the same events. Then, in the same
-child, a bare SimPy model replays exactly those processes and timeouts with
-no logic at all (no backend, no vehicle model), counted the same way; the
-ratio of the two event rates is the share of SimPy's own speed that the
-scenario keeps.
+with the same seed records what every process did, in order: each timeout
+it asked for and each process it made; its log digest and event count must
+equal the timed run's, which shows both runs processed the same events.
+Then, in the same child, a bare SimPy model replays exactly that, each
+process making its timeouts and its children in the recorded order, with no
+logic at all (no backend, no vehicle model). It schedules the same events in
+the same order, and must process as many as the scenario did; the ratio of
+the two event rates is the share of SimPy's own speed that the scenario
+keeps.
 
 Wall time covers the whole scenario (building the world, the campaign, the
 final checks), while the bare model times only its event loop. Both run with
 the garbage collector off, as a modeled scenario runs (at SimPy's defaults
-the collector would slow the bare replay down by a third at 100,000
+the collector would take almost half the bare replay's speed at 100,000
 vehicles, and flatter the share). Peak memory is read after the timed run.
 
     python bench/fleet_scale.py [--sizes 100000 1000000] [--seed 0] [--json]
@@ -61,50 +63,71 @@ def processed(env: simpy.Environment) -> int:
 
 
 class RecordingEnvironment(simpy.Environment):
-    """Records each process's start and its timeouts."""
+    """Records, for every process, what it did in order: each timeout, each process it made.
+
+    ``ops`` holds one entry per operation, in the order they happened:
+    ``owners[i]`` is the process that did it (-1: none, such as code before
+    the run), ``values[i]`` a timeout's delay, or ``-(child + 1)`` for the
+    making of process ``child`` (processes are numbered as they are made).
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self.starts = array("d")
-        self.owners = array("i")
-        self.delays = array("d")
+        self.made = 0
+        self.owners: array[int] = array("i")
+        self.values: array[float] = array("d")
+
+    def _owner(self) -> int:
+        active = self.active_process
+        return active.bench_id if active is not None else -1  # type: ignore[attr-defined]
 
     def process(self, generator: Generator[Any, Any, Any]) -> simpy.Process:  # type: ignore[override]
+        owner = self._owner()
+        if owner < 0 and self.now > 0:
+            raise SystemExit("a process made outside any process after the start: no exact replay")
         proc = super().process(generator)
-        proc.bench_id = len(self.starts)  # type: ignore[attr-defined]
-        self.starts.append(self.now)
+        proc.bench_id = self.made  # type: ignore[attr-defined]
+        self.owners.append(owner)
+        self.values.append(-(self.made + 1))
+        self.made += 1
         return proc
 
     def timeout(self, delay: float = 0, value: Any = None) -> simpy.Timeout:  # type: ignore[override]
-        active = self.active_process
-        self.owners.append(active.bench_id if active is not None else -1)  # type: ignore[attr-defined]
-        self.delays.append(delay)
+        self.owners.append(self._owner())
+        self.values.append(delay)
         return super().timeout(delay, value)
 
 
-def bare_replay(starts: array, owners: array, delays: array) -> tuple[float, int]:
-    """Replay the recorded processes and timeouts with no logic; return (seconds, events)."""
-    per_process: list[list[float]] = [[] for _ in range(len(starts))]
+def bare_replay(made: int, owners: array[int], values: array[float]) -> tuple[float, int]:
+    """Replay the recorded processes with no logic; return (seconds, events).
+
+    Each process makes its timeouts and its child processes in the order and
+    at the moments the scenario's did, so the replay schedules the same
+    events in the same order: SimPy's work for the scenario, and nothing else.
+    """
+    per_process: list[list[float]] = [[] for _ in range(made)]
     unowned: list[float] = []
-    for owner, delay in zip(owners, delays, strict=True):
-        (per_process[owner] if owner >= 0 else unowned).append(delay)
+    for owner, value in zip(owners, values, strict=True):
+        (per_process[owner] if owner >= 0 else unowned).append(value)
     env = simpy.Environment()
 
-    def replay(start: float, steps: list[float]) -> Generator[simpy.Event, Any, None]:
-        if start > env.now:
-            yield env.timeout(start - env.now)
-        for delay in steps:
-            yield env.timeout(delay)
+    def replay(steps: list[float]) -> Generator[simpy.Event, Any, None]:
+        for value in steps:
+            if value < 0:
+                env.process(replay(per_process[-int(value) - 1]))
+            else:
+                yield env.timeout(value)
 
     # The collector is off while it runs, as it is for the modeled scenario
     # (``scenarios.core.execute``), so that both are timed alike.
     gc.disable()
     try:
         began = time.perf_counter()
-        for start, steps in zip(starts, per_process, strict=True):
-            env.process(replay(start, steps))
-        for delay in unowned:
-            env.timeout(delay)
+        for value in unowned:
+            if value < 0:
+                env.process(replay(per_process[-int(value) - 1]))
+            else:
+                env.timeout(value)
         env.run()
         took = time.perf_counter() - began
     finally:
@@ -157,7 +180,9 @@ def child(size: int, seed: int) -> dict[str, Any]:
         )
     del again
     gc.collect()
-    bare_s, bare_events = bare_replay(recording.starts, recording.owners, recording.delays)
+    bare_s, bare_events = bare_replay(recording.made, recording.owners, recording.values)
+    if bare_events != events:
+        raise SystemExit(f"the bare replay processed {bare_events} events, the scenario {events}")
     return {
         "vehicles": size,
         "passed": passed,
