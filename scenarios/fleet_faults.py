@@ -35,8 +35,10 @@ does then (:mod:`gateway.backend`, :mod:`gateway.orchestrator`):
   it). That flash fails where it stands, and the vehicle takes its usual
   failure path: the ECUs already flashed are rolled back (``rolled_back``),
   or nothing is (``failed``). The cut ECU's active bank was never touched, so
-  it runs its previous image once its power is back (``restore_after_s`` is not
-  modeled).
+  it runs its previous image once its power is back, which the model takes to
+  be when the gateway next reads it: ``restore_after_s`` is not modeled (its
+  events say so when it is given), and without it the power still comes
+  back, where in a wire scenario it stays off.
 - **boot-failure** (``ecu``, ``times``): the next ``times`` trial boots of that
   ECU's new image fail (every one, if not given), on ``vin`` or every vehicle.
 - **nrc** (``ecu``, ``service``, ``code``, ``count``): if the flash sequence
@@ -599,7 +601,7 @@ class FleetFaults:
         for life in flashing:
             life.interrupt(_PowerLost())
         who = fault.vin or f"{len(flashing)} vehicle(s)"
-        self._event(fault, f"{who} {fault.ecu}: power off while flashing")
+        self._event(fault, f"{who} {fault.ecu}: power off while flashing{_unmodeled(fault)}")
 
     def _arm(self, index: int, fault: Fault) -> None:
         assert isinstance(fault, PowerCut | BootFailure | ForcedNrc | SlowErase)
@@ -637,6 +639,7 @@ class FleetFaults:
         else:
             budget = 1
             text = f"power cut armed at byte {fault.offset} of the next transfer"
+            text += _unmodeled(fault)
         armed = _Armed(index, fault, fault.vin, budget)
         self._armed.setdefault(fault.ecu, []).append(armed)
         self._event(fault, f"{who}: {text}")
@@ -915,6 +918,16 @@ class FleetFaults:
             return f"erase of {fault.ecu}"
         assert isinstance(fault, ForcedNrc)
         return f"flash of {fault.ecu} sending service 0x{fault.service:02X}"
+
+
+def _unmodeled(fault: PowerCut) -> str:
+    """Say, in a power cut's event, that a fleet does not model its ``restore_after_s``."""
+    if fault.restore_after_s is None:
+        return ""
+    return (
+        f" (restore_after_s={fault.restore_after_s:g} is not modeled: the ECU runs its "
+        "previous image when the gateway next reads it)"
+    )
 
 
 def _nrc_reason(step: FlashStep, fault: ForcedNrc) -> str:

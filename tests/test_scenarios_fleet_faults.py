@@ -369,7 +369,13 @@ def test_power_cut_fails_or_rolls_back_by_where_it_strikes(tmp_path: Path) -> No
             # The first ECU: nothing flashed before it, nothing to roll back.
             {"kind": "power-cut", "ecu": "ecm", "vin": first, "during_flash_of": "ecm"},
             # The last ECU, 60000 bytes into its transfer: ecm and bms go back.
-            {"kind": "power-cut", "ecu": "bcm", "vin": last, "offset": 60000},
+            {
+                "kind": "power-cut",
+                "ecu": "bcm",
+                "vin": last,
+                "offset": 60000,
+                "restore_after_s": 600,
+            },
         ],
         campaign={**ONE_WAVE, "max_retries": 0},
     )
@@ -397,6 +403,13 @@ def test_power_cut_fails_or_rolls_back_by_where_it_strikes(tmp_path: Path) -> No
         assert out.runs(vin) == {"1.0.0"}
     assert out.actions[fleetwide].state is ActionState.SUCCEEDED
     assert out.states() == {"succeeded": 198, "failed": 1, "rolled_back": 1}
+    # A power-back time the model does not keep is not dropped in silence.
+    armed = [line for line in out.fault_log("power-cut") if "armed" in line]
+    assert armed == [
+        f"{last} bcm: power cut armed at byte 60000 of the next transfer "
+        "(restore_after_s=600 is not modeled: the ECU runs its previous image when the "
+        "gateway next reads it)"
+    ]
     assert out.consistent()
 
 
