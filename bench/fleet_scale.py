@@ -65,8 +65,8 @@ def processed(env: simpy.Environment) -> int:
 class RecordingEnvironment(simpy.Environment):
     """Records, for every process, what it did in order: each timeout, each process it made.
 
-    ``ops`` holds one entry per operation, in the order they happened:
-    ``owners[i]`` is the process that did it (-1: none, such as code before
+    ``owners`` and ``values`` hold one entry per operation, in the order they
+    happened: ``owners[i]`` is the process that did it (-1: none, such as code before
     the run), ``values[i]`` a timeout's delay, or ``-(child + 1)`` for the
     making of process ``child`` (processes are numbered as they are made).
     """
@@ -111,10 +111,14 @@ def bare_replay(made: int, owners: array[int], values: array[float]) -> tuple[fl
         (per_process[owner] if owner >= 0 else unowned).append(value)
     env = simpy.Environment()
 
+    def make(value: float) -> None:
+        # ``value`` is ``-(child + 1)``, as ``RecordingEnvironment.process`` wrote it.
+        env.process(replay(per_process[-int(value) - 1]))
+
     def replay(steps: list[float]) -> Generator[simpy.Event, Any, None]:
         for value in steps:
             if value < 0:
-                env.process(replay(per_process[-int(value) - 1]))
+                make(value)
             else:
                 yield env.timeout(value)
 
@@ -125,7 +129,7 @@ def bare_replay(made: int, owners: array[int], values: array[float]) -> tuple[fl
         began = time.perf_counter()
         for value in unowned:
             if value < 0:
-                env.process(replay(per_process[-int(value) - 1]))
+                make(value)
             else:
                 env.timeout(value)
         env.run()
@@ -214,10 +218,14 @@ def main() -> int:
     for size in args.sizes:
         done = subprocess.run(
             [sys.executable, __file__, "--child", str(size), "--seed", str(args.seed)],
-            check=True,
             capture_output=True,
             text=True,
         )
+        if done.returncode != 0:
+            # A child stops with its reason (say, a replay that does not match): show it.
+            why = done.stderr.strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
+            print(f"error: {size:,} vehicles: {why[0]}", file=sys.stderr)
+            return 1
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     if args.json:
         print(json.dumps(results, indent=2))
