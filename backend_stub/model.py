@@ -125,6 +125,8 @@ def parse_id(kind: str, text: str, what: str) -> int:
     """Return the integer key of a public id; :class:`InvalidArgument` if malformed."""
     if not text:
         raise InvalidArgument(f"{what} is required")
+    if not isinstance(text, str):  # a Python caller's mistake; gRPC always sends a string
+        raise InvalidArgument(f"{what} {text!r} is not an id of the form {kind}-N")
     prefix, _, number = text.partition("-")
     # ``isdigit`` alone accepts digits ``int`` refuses (superscripts) and others it
     # reads (other scripts' decimals): an id is ASCII digits only.
@@ -136,9 +138,13 @@ def parse_id(kind: str, text: str, what: str) -> int:
 def lookup_id(kind: str, text: str, what: str) -> int:
     """Like :func:`parse_id`, but a malformed id is simply unknown (:class:`NotFound`)."""
     # The well-formed case first, without a call: every vehicle report looks one up.
-    prefix, _, number = text.partition("-")
-    if prefix == kind and number.isascii() and number.isdigit() and len(number) <= 18:
-        return int(number)
+    try:
+        prefix, _, number = text.partition("-")
+    except AttributeError:  # not a string: ``parse_id`` says what is wrong with it
+        pass
+    else:
+        if prefix == kind and number.isascii() and number.isdigit() and len(number) <= 18:
+            return int(number)
     try:
         return parse_id(kind, text, what)
     except InvalidArgument as exc:

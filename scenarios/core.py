@@ -318,9 +318,22 @@ def _collector_back() -> None:
     collection; a modeled fleet runs one before it freezes its own world, so
     that runs in one process do not pile up.
     """
+    _age_tracked_objects()
+    gc.enable()
+
+
+def _age_tracked_objects() -> None:
+    """Move every object the collector tracks to its oldest generation.
+
+    Done by freezing and unfreezing them all, which would also release
+    whatever the caller froze itself (``gc.unfreeze`` cannot tell them
+    apart): with frozen objects present it does nothing, and leaves the
+    run's objects to the collector's young generations.
+    """
+    if gc.get_freeze_count():
+        return
     gc.freeze()
     gc.unfreeze()  # the frozen objects go to the oldest generation
-    gc.enable()
 
 
 def execute(

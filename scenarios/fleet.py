@@ -463,10 +463,12 @@ class FleetWorld:
         # What was just built lives as long as the run: keep the collector off
         # it. Collect first, so that nothing dead is frozen with it: above all
         # the worlds of earlier runs in this process, which their runs left to
-        # the next full collection (``scenarios.core.execute``).
+        # the next full collection (``scenarios.core.execute``). Only when
+        # nothing is frozen yet: unfreezing would release what the caller froze.
         gc.collect()
-        gc.freeze()
-        self.run.stack.callback(gc.unfreeze)
+        if not gc.get_freeze_count():
+            gc.freeze()
+            self.run.stack.callback(gc.unfreeze)
 
     def _register(self) -> None:
         """Register every vehicle in one store transaction (validated per group above)."""

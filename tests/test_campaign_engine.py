@@ -325,6 +325,19 @@ def test_ids_take_ascii_digits_only(engine, store):
     assert engine.deployment(vin(0), f"dep-{key}")[0].key == key
 
 
+def test_an_id_that_is_not_a_string_is_refused_with_its_reason(engine, store):
+    # What a Python caller may pass by mistake: the error names it, no AttributeError.
+    for bad in (None, 7):
+        with pytest.raises(NotFound):
+            engine.deployment(vin(0), bad)
+        with pytest.raises(NotFound):
+            engine.status(bad)
+    with pytest.raises(InvalidArgument, match="release_id is required"):
+        parse_id("rel", None, "release_id")
+    with pytest.raises(InvalidArgument, match="release_id 7 is not an id of the form rel-N"):
+        parse_id("rel", 7, "release_id")
+
+
 def test_put_vehicles_is_put_vehicle_one_by_one_and_undone_as_one(store):
     seed(store, [vehicle(5), vehicle(1)])
     batch = [

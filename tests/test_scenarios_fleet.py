@@ -152,6 +152,19 @@ def test_a_modeled_run_gives_the_collector_back_even_when_it_fails(tmp_path: Pat
         gc.enable()
 
 
+def test_a_modeled_run_leaves_what_its_caller_froze_frozen(tmp_path: Path) -> None:
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        run = run_fleet(tmp_path, vehicles=200)
+        assert run.passed and gc.isenabled()
+        # The run neither unfroze the caller's objects nor froze its own for good.
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+
+
 @pytest.mark.parametrize("vin", ["", "SMFLEET0000000001"])
 @pytest.mark.parametrize("state", [None, "downloading"])
 @pytest.mark.parametrize("detail", ["", "attempt 2"])
