@@ -11,10 +11,11 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
+import sys
 import threading
 from array import array
 from collections import defaultdict
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from backend_stub.model import (
@@ -34,6 +35,14 @@ from backend_stub.model import (
 )
 
 T = TypeVar("T")
+# The filter with nothing set, which every vehicle matches.
+_EVERY_VEHICLE = VehicleFilter()
+
+# Undo entries name the unbound method and its object, ``(dict.__setitem__,
+# table, key, value)``, rather than a bound method: binding allocates an object
+# per entry, and a fleet pushes millions of them.
+_dict_set = dict.__setitem__
+_set_discard = set.discard
 
 
 def _touched(
@@ -95,7 +104,7 @@ class _MemoryTx:
     # transaction pushes several per change, and a fleet makes millions of them.
     def _set(self, table: dict, key: object, value: object) -> None:  # type: ignore[type-arg]
         if key in table:
-            self._undo.append((table.__setitem__, key, table[key]))
+            self._undo.append((_dict_set, table, key, table[key]))
         else:
             self._undo.append((table.pop, key, None))
         table[key] = value
@@ -103,7 +112,7 @@ class _MemoryTx:
     def _count(self, campaign_key: int, wave: int, state: ActionState, delta: int) -> None:
         counts = self._s.counts[campaign_key][wave]
         old = counts.get(state, 0)
-        self._undo.append((counts.__setitem__, state, old))
+        self._undo.append((_dict_set, counts, state, old))
         counts[state] = old + delta
 
     def _index_vin(self, action: Action, add: bool) -> None:
@@ -180,7 +189,15 @@ class _MemoryTx:
     ) -> list[Vehicle]:
         found: list[Vehicle] = []
         vins = self._s.vins
-        for vin in vins[bisect.bisect_right(vins, after_vin) if after_vin else 0 :]:
+        selected = vins[bisect.bisect_right(vins, after_vin) if after_vin else 0 :]
+        if flt == _EVERY_VEHICLE:
+            # A filter with nothing set matches every vehicle: no call per
+            # vehicle (a fleet's campaign and its final checks read them all).
+            # At least one, as the loop below gives for a limit below 1.
+            if limit is not None:
+                selected = selected[: max(limit, 1)]
+            return list(map(self._s.vehicles.__getitem__, selected))
+        for vin in selected:
             vehicle = self._s.vehicles[vin]
             if flt.matches(vehicle):
                 found.append(vehicle)
@@ -298,7 +315,7 @@ class _MemoryTx:
         if current is None or current.state is not expected:
             return False
         # The hottest write of a fleet: the undo of ``_set``, inlined.
-        self._undo.append((actions.__setitem__, action.key, current))
+        self._undo.append((_dict_set, actions, action.key, current))
         actions[action.key] = action
         if action.state is not current.state:
             counts = self._s.counts[action.campaign_key][action.wave]
@@ -398,15 +415,30 @@ class _MemoryTx:
         # Each wave's keys are ascending (allocated in one range), so a merge
         # of the waves from ``after_key`` on costs what the page costs, not a
         # sort of every key of the campaign.
-        runs = []
+        runs: list[tuple[int, int, list[int]]] = []  # (first key, its index, the wave's keys)
         for w in range(len(campaign.wave_sizes)):
             keys = self._s.by_wave.get((campaign_key, w), [])
             start = bisect.bisect_right(keys, after_key)
             if start < len(keys):
-                runs.append(itertools.islice(keys, start, None))
+                runs.append((keys[start], start, keys))
+        runs.sort()
+        merged: Iterator[int]
+        if all(earlier[2][-1] < later[0] for earlier, later in itertools.pairwise(runs)):
+            # Waves made as one key range in wave order do not interleave: the
+            # merge is a concatenation, at C speed rather than ``heapq.merge``'s.
+            merged = itertools.chain.from_iterable(
+                itertools.islice(keys, start, None) for _, start, keys in runs
+            )
+        else:
+            merged = heapq.merge(*(itertools.islice(keys, start, None) for _, start, keys in runs))
         actions = self._s.actions
+        if not states:
+            # At least one, as the loop below gives for a limit below 1
+            # (``islice`` takes no more than ``sys.maxsize``).
+            page = itertools.islice(merged, min(max(limit, 1), sys.maxsize))
+            return list(map(actions.__getitem__, page))
         found: list[Action] = []
-        for key in heapq.merge(*runs):
+        for key in merged:
             action = actions[key]
             if not states or action.state in states:
                 found.append(action)
@@ -438,7 +470,7 @@ class _MemoryTx:
         sequences["event"] = key
         history.events.append(event)
         history.keys.append(key)
-        self._undo.append((history.drop_last,))
+        self._undo.append((_History.drop_last, history))
         return key
 
     def events_after(self, campaign_key: int, *, after_key: int, limit: int) -> list[CampaignEvent]:
@@ -454,10 +486,11 @@ class _MemoryTx:
 
     # -- idempotency
     def claim_report(self, report_id: str, *, at: float) -> bool:
-        if report_id in self._s.reports:
+        reports = self._s.reports
+        if report_id in reports:
             return False
-        self._s.reports.add(report_id)
-        self._undo.append((self._s.reports.discard, report_id))
+        reports.add(report_id)
+        self._undo.append((_set_discard, reports, report_id))
         return True
 
 
@@ -498,7 +531,12 @@ class MemoryStore:
         One dictionary write that cannot fail halfway, so it needs no
         transaction: the hot path of every polling vehicle.
         """
-        with self._lock:
+        # ``acquire`` and ``release`` called rather than ``with``: in this
+        # Python, a ``with`` on a lock costs twice as much, and every check-in
+        # and every report takes the lock.
+        lock = self._lock
+        lock.acquire()
+        try:
             vehicle = self.vehicles.get(vin)
             if vehicle is None:
                 return False, False
@@ -508,6 +546,8 @@ class MemoryStore:
                 if actions[key].state in UNFINISHED_STATES:
                     return True, True
             return True, False
+        finally:
+            lock.release()
 
     def restore_vehicles(self, previous: dict[str, Vehicle | None]) -> None:
         """Put back the vehicles a batch replaced and forget those it added (its undo).
@@ -533,7 +573,9 @@ class MemoryStore:
 
     def run(self, work: Callable[[_MemoryTx], T], *, write: bool = True) -> T:
         """Run ``work`` under the store's lock; undo its changes if it raises."""
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # not ``with``: see ``touch``
+        try:
             # ``_MemoryTx(self)`` without the call of ``__init__``: every
             # vehicle call of a fleet runs a transaction.
             tx = _new_tx(_MemoryTx)
@@ -544,6 +586,8 @@ class MemoryStore:
             except BaseException:
                 tx.rollback()
                 raise
+        finally:
+            lock.release()
 
     def campaign_events(self, campaign_key: int) -> list[CampaignEvent]:
         """Return a campaign's events in order, as stored (their ``key`` is not filled in).
