@@ -102,6 +102,15 @@ _ABORTABLE = frozenset({CampaignState.RUNNING, CampaignState.PAUSED})
 # States of an action its vehicle has not been told about (or never will be).
 _UNNOTIFIED = frozenset({ActionState.SCHEDULED, ActionState.PENDING, ActionState.CANCELED})
 _FAILURE_WORDS = {"failed": "failed", "rolled_back": "rolled back", "any": "failed or rolled back"}
+# Members the check-in and report paths compare with, bound once: in this
+# Python every attribute of an Enum class is looked up through the metaclass's
+# ``__getattr__`` hook, several times the cost of reading a global.
+_PENDING = ActionState.PENDING
+_NOTIFIED = ActionState.NOTIFIED
+_CANCELED = ActionState.CANCELED
+_SUCCEEDED = ActionState.SUCCEEDED
+_RUNNING = CampaignState.RUNNING
+_ABORTED = CampaignState.ABORTED
 
 
 @dataclass(frozen=True)
@@ -511,23 +520,23 @@ class CampaignEngine:
                 return [Offer(a, campaigns[a.campaign_key]) for a in active]
             for action in actions:
                 campaign = campaigns[action.campaign_key]
-                if campaign.state is not CampaignState.RUNNING:
+                if campaign.state is not _RUNNING:
                     continue
                 notified = action.advanced(
-                    ActionState.NOTIFIED,
+                    _NOTIFIED,
                     now,
                     action.attempts + 1,
                     0,
                     action.failure_step,
                     action.failure_reason,
                 )
-                if tx.update_action(notified, expected=ActionState.PENDING):
+                if tx.update_action(notified, expected=_PENDING):
                     self._event(
                         tx,
                         campaign,
                         "action",
                         vin=vin,
-                        action_state=ActionState.NOTIFIED,
+                        action_state=_NOTIFIED,
                         detail=f"attempt {notified.attempts}",
                     )
                     return [Offer(notified, campaign)]
@@ -584,7 +593,7 @@ class CampaignEngine:
             if report.inventory:
                 tx.touch_vehicle(report.vin, at=now, state=None, ecus=report.inventory)
             current = action.state
-            if current is ActionState.CANCELED:
+            if current is _CANCELED:
                 raise FailedPrecondition(
                     f"deployment {report.deployment_id} was canceled: stop working on it"
                 )
@@ -886,7 +895,7 @@ class CampaignEngine:
         failure_step, failure_reason = action.failure_step, action.failure_reason
         if outcome in FAILURE_STATES:
             failure_step, failure_reason = step, reason
-        elif outcome is ActionState.SUCCEEDED:
+        elif outcome is _SUCCEEDED:
             failure_step, failure_reason, progress = "", "", 100
         ended = action.advanced(
             outcome, now, action.attempts, progress, failure_step, failure_reason
@@ -898,11 +907,11 @@ class CampaignEngine:
         retry = (
             outcome in FAILURE_STATES
             and action.attempts <= campaign.max_retries
-            and campaign.state is not CampaignState.ABORTED
+            and campaign.state is not _ABORTED
         )
         if retry:
             again = ended.advanced(
-                ActionState.PENDING,
+                _PENDING,
                 now,
                 ended.attempts,
                 ended.progress_pct,
@@ -915,7 +924,7 @@ class CampaignEngine:
                 campaign,
                 "action",
                 vin=action.vin,
-                action_state=ActionState.PENDING,
+                action_state=_PENDING,
                 detail=f"retry {action.attempts} of {campaign.max_retries}",
             )
             return campaign
@@ -939,7 +948,7 @@ class CampaignEngine:
         ``known``: every wave's counts, read in this transaction with nothing
         moved since (saves reading them again).
         """
-        while campaign.state is CampaignState.RUNNING:
+        while campaign.state is _RUNNING:
             if campaign.awaiting_start:
                 if not self._wave_due(campaign, campaign.current_wave):
                     return campaign
@@ -952,7 +961,7 @@ class CampaignEngine:
                 counts = known.get(wave, {})
             else:
                 counts = tx.wave_counts(campaign.key, wave).get(wave, {})
-            succeeded = counts.get(ActionState.SUCCEEDED, 0)
+            succeeded = counts.get(_SUCCEEDED, 0)
             # One pass over the few states present (this runs after every outcome).
             failed = ended = 0
             for state, number in counts.items():
@@ -994,7 +1003,7 @@ class CampaignEngine:
                     if state not in TERMINAL_ACTION_STATES
                 )
                 if unfinished == 0:
-                    done = sum(c.get(ActionState.SUCCEEDED, 0) for c in totals.values())
+                    done = sum(c.get(_SUCCEEDED, 0) for c in totals.values())
                     return self._set_state(
                         tx,
                         campaign,

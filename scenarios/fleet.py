@@ -65,6 +65,13 @@ from scenarios.wire import payload
 HOUR = 3600.0
 MINUTE = 60.0
 _OUTCOMES = frozenset({ActionState.SUCCEEDED, ActionState.FAILED, ActionState.ROLLED_BACK})
+# Bound once for the vehicle's hot path: an attribute of an Enum class is
+# looked up through the metaclass's ``__getattr__`` hook, several times the
+# cost of a global.
+_PENDING = ActionState.PENDING
+_DOWNLOADING = ActionState.DOWNLOADING
+_INSTALLING = ActionState.INSTALLING
+_SUCCEEDED = ActionState.SUCCEEDED
 
 
 class _Model(BaseModel):
@@ -401,6 +408,14 @@ class FleetWorld:
     # ------------------------------------------------------------------ build
     def build(self) -> None:
         """Upload the release's images, create the release, register the fleet."""
+        # What is built here lives as long as the run: it is frozen below, to
+        # keep the collector off it. Collect first, so that nothing dead is
+        # frozen with it: above all the worlds of earlier runs in this process,
+        # which their runs left to the next full collection
+        # (``scenarios.core.execute``). Collected before the fleet is made
+        # rather than after, so as not to scan its hundreds of thousands of
+        # objects once for nothing; building it leaves no cycles behind.
+        gc.collect()
         options = self.options
         release = options.release
         images = []
@@ -460,12 +475,8 @@ class FleetWorld:
                 )
             )
         self._register()
-        # What was just built lives as long as the run: keep the collector off
-        # it. Collect first, so that nothing dead is frozen with it: above all
-        # the worlds of earlier runs in this process, which their runs left to
-        # the next full collection (``scenarios.core.execute``). Only when
-        # nothing is frozen yet: unfreezing would release what the caller froze.
-        gc.collect()
+        # Only when nothing is frozen yet:
+        # unfreezing would release what the caller froze.
         if not gc.get_freeze_count():
             gc.freeze()
             self.run.stack.callback(gc.unfreeze)
@@ -594,7 +605,7 @@ class FleetWorld:
             lambda tx: tx.list_actions(key, after_key=after, limit=count), write=False
         )
         for action in actions:
-            if action.state is ActionState.PENDING:
+            if action.state is _PENDING:
                 self.wake(self.cars[action.vin])
         if actions:
             self._release_cursor = actions[-1].key
@@ -614,7 +625,7 @@ class FleetWorld:
         )
         assert all(a.wave == wave for a in actions), "a wave's actions are one key range"
         for action in actions:
-            if action.state is ActionState.PENDING:
+            if action.state is _PENDING:
                 self.wake(self.cars[action.vin])
 
     def _wake_pending(self) -> None:
@@ -707,7 +718,7 @@ class FleetWorld:
             number = 0
             # Download, resumed across online windows and drop-outs.
             number += 1
-            if self.report(car, deployment, tag, number, ActionState.DOWNLOADING) is None:
+            if self.report(car, deployment, tag, number, _DOWNLOADING) is None:
                 car.awake = False
                 return
             remaining = float(group.image_bytes)
@@ -747,7 +758,7 @@ class FleetWorld:
                 if window_end > env.now:
                     yield env.timeout(window_end - env.now)
                 after = yield from self._install(car, group, deployment, tag, number, fate)
-            if after is not ActionState.PENDING:
+            if after is not _PENDING:
                 car.awake = False
                 return
             # A retry: the vehicle checks in again at its next online window.
@@ -796,7 +807,7 @@ class FleetWorld:
     ) -> Generator[simpy.Event, Any, ActionState | None]:
         """Flash the release's ECUs in order; ``rng`` draws the failures."""
         env = self.env
-        if self.report(car, deployment, tag, number, ActionState.INSTALLING) is None:
+        if self.report(car, deployment, tag, number, _INSTALLING) is None:
             return None
         number += 1
         flashed = 0
@@ -833,7 +844,7 @@ class FleetWorld:
                 inventory=group.old,
             )
         car.ecus = group.new
-        return self.report(car, deployment, tag, number, ActionState.SUCCEEDED, inventory=group.new)
+        return self.report(car, deployment, tag, number, _SUCCEEDED, inventory=group.new)
 
     # ---------------------------------------------------------------- reading
     def backend_events(self) -> list[CampaignEvent]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Literal, Self
 
 from pydantic import Field, ValidationError, model_validator
@@ -199,19 +198,28 @@ class FleetScenario(Scenario):
         states = world.action_states()
         backend_vehicles = world.backend_vehicles()
         wrong_vehicle = wrong_backend = 0
-        outcome_counts: Counter[tuple[str, str]] = Counter()
+        # Once per vehicle: a plain dict (a Counter, a dict subclass, is slower
+        # to index), the state labels looked up (``value`` is a Python-level
+        # property of an Enum) and what does not change read before the loop.
+        outcome_counts: dict[tuple[str, str], int] = {}
         outcomes = []
+        labels: dict[ActionState | None, str] = {s: s.value for s in ActionState}
+        labels[None] = "not targeted"
+        groups = world.groups
+        succeeded = ActionState.SUCCEEDED
+        per_vehicle = len(world.cars) <= PER_VEHICLE_OUTCOMES
         for vin, car in world.cars.items():
-            group = world.groups[car.group]
+            group = groups[car.group]
             state = states.get(vin)
-            expected = group.new if state is ActionState.SUCCEEDED else group.old
+            expected = group.new if state is succeeded else group.old
             if car.ecus != expected:
                 wrong_vehicle += 1
             if backend_vehicles[vin].ecus != car.ecus:
                 wrong_backend += 1
-            label = state.value if state is not None else "not targeted"
-            outcome_counts[(group.label, label)] += 1
-            if len(world.cars) <= PER_VEHICLE_OUTCOMES:
+            label = labels[state]
+            counted = (group.label, label)
+            outcome_counts[counted] = outcome_counts.get(counted, 0) + 1
+            if per_vehicle:
                 outcomes.append(
                     {
                         "vin": vin,
