@@ -510,6 +510,12 @@ def check_generic_changes(step: Step, config: Config) -> None:
                 )
             elif old.state in ACTIVE_ACTION_STATES:
                 assert kind in ("report", "tick"), f"{kind} moved a vehicle's action {move}"
+        elif new.state is S.CANCELED:
+            # A timeout with a retry left, whose retry an abort criterion met later
+            # in the same tick canceled (another action's final failure met it).
+            assert old.state in ACTIVE_ACTION_STATES, move
+            assert kind == "tick" and aborted_by_criterion(step), f"{kind} canceled {move}"
+            assert old.attempts <= config.max_retries
         else:
             # The one chain the engine takes in one step: a failure with a retry left.
             assert old.state in ACTIVE_ACTION_STATES and new.state is S.PENDING, move
@@ -715,16 +721,17 @@ def check_tick(step: Step, config: Config) -> dict[int, Action]:
         stale = [
             x for x in b.actions if x.state in ACTIVE_ACTION_STATES and x.updated_at < now - timeout
         ]
-    assert step.result == len(stale)
     # The timeouts in key order; an abort criterion met on the way cancels
     # what the vehicles have not started installing, the rest of the stale
-    # actions included (and then no retry).
+    # actions included (those do not time out), and earlier timeouts' retries.
     current = b.by_key()
     aborted = bc.state is C.ABORTED
     changes = {}
+    expired = 0
     for x in stale:
         if current[x.key].state is not x.state:
             continue  # canceled by the abort
+        expired += 1
         retry = x.attempts <= config.max_retries and not aborted
         current[x.key] = changes[x.key] = replace(
             x,
@@ -745,6 +752,7 @@ def check_tick(step: Step, config: Config) -> dict[int, Action]:
     evaluated = any(x.state is S.FAILED for x in changes.values()) or (
         bc.state is C.RUNNING and gate_opened(bc, now)
     )
+    assert step.result == expired
     assert aborted == (step.after.campaign.state is C.ABORTED)
     check_evaluation(step, evaluated, exact_waves=False)
     return changes
