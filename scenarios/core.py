@@ -315,25 +315,18 @@ def _collector_back() -> None:
     world, in one piece: scanning it as young (then middle-aged) objects
     first, hundreds of thousands of them, would only repeat the work that the
     next full collection does anyway. A world that died is freed by that
-    collection; a modeled fleet runs one before it freezes its own world, so
+    collection; a modeled fleet runs one before it builds its own world, so
     that runs in one process do not pile up.
+
+    Freezing and unfreezing every object moves them all to the oldest
+    generation, but would also release what the caller froze itself
+    (``gc.unfreeze`` cannot tell them apart): with frozen objects present,
+    the run's objects are left to the young generations.
     """
-    _age_tracked_objects()
+    if not gc.get_freeze_count():
+        gc.freeze()
+        gc.unfreeze()  # the frozen objects go to the oldest generation
     gc.enable()
-
-
-def _age_tracked_objects() -> None:
-    """Move every object the collector tracks to its oldest generation.
-
-    Done by freezing and unfreezing them all, which would also release
-    whatever the caller froze itself (``gc.unfreeze`` cannot tell them
-    apart): with frozen objects present it does nothing, and leaves the
-    run's objects to the collector's young generations.
-    """
-    if gc.get_freeze_count():
-        return
-    gc.freeze()
-    gc.unfreeze()  # the frozen objects go to the oldest generation
 
 
 def execute(

@@ -408,13 +408,11 @@ class FleetWorld:
     # ------------------------------------------------------------------ build
     def build(self) -> None:
         """Upload the release's images, create the release, register the fleet."""
-        # What is built here lives as long as the run: it is frozen below, to
-        # keep the collector off it. Collect first, so that nothing dead is
-        # frozen with it: above all the worlds of earlier runs in this process,
-        # which their runs left to the next full collection
-        # (``scenarios.core.execute``). Collected before the fleet is made
-        # rather than after, so as not to scan its hundreds of thousands of
-        # objects once for nothing; building it leaves no cycles behind.
+        # The collector is off while a modeled run runs (``scenarios.core.execute``),
+        # and earlier runs in this process left their worlds to the next full
+        # collection: collect them now, so that worlds do not pile up. Before
+        # the fleet is made rather than after, so as not to scan its hundreds
+        # of thousands of objects for nothing.
         gc.collect()
         options = self.options
         release = options.release
@@ -475,11 +473,6 @@ class FleetWorld:
                 )
             )
         self._register()
-        # Only when nothing is frozen yet:
-        # unfreezing would release what the caller froze.
-        if not gc.get_freeze_count():
-            gc.freeze()
-            self.run.stack.callback(gc.unfreeze)
 
     def _register(self) -> None:
         """Register every vehicle in one store transaction (validated per group above)."""

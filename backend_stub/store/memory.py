@@ -440,7 +440,7 @@ class _MemoryTx:
         found: list[Action] = []
         for key in merged:
             action = actions[key]
-            if not states or action.state in states:
+            if action.state in states:
                 found.append(action)
                 if len(found) >= limit:
                     break
