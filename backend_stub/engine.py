@@ -85,6 +85,7 @@ from backend_stub.model import (
     Vehicle,
     WaveSpec,
     lookup_id,
+    maker,
     parse_id,
     record,
 )
@@ -144,6 +145,14 @@ class ReportOutcome:
     action: Action
     duplicate: bool
     campaign: Campaign
+
+
+# Made once or more per vehicle report (key, campaign_key, at, kind, vin,
+# action_state, campaign_state, detail; action, duplicate, campaign).
+_new_event: Callable[
+    [int, int, float, str, str, ActionState | None, CampaignState, str], CampaignEvent
+] = maker(CampaignEvent)
+_new_outcome: Callable[[Action, bool, Campaign], ReportOutcome] = maker(ReportOutcome)
 
 
 def split_waves(total: int, waves: Sequence[WaveSpec]) -> list[int]:
@@ -589,7 +598,7 @@ class CampaignEngine:
             assert action is not None
             now = self.clock()
             if not tx.claim_report(report.report_id, at=now):
-                return ReportOutcome(action, True, campaign)
+                return _new_outcome(action, True, campaign)
             if report.inventory:
                 tx.touch_vehicle(report.vin, at=now, state=None, ecus=report.inventory)
             current = action.state
@@ -609,7 +618,7 @@ class CampaignEngine:
                 tx.update_action(progressed, expected=current)
                 if said:
                     self._report_event(tx, campaign, report)
-                return ReportOutcome(progressed, False, campaign)
+                return _new_outcome(progressed, False, campaign)
             if state not in ACTION_TRANSITIONS[current]:
                 raise FailedPrecondition(
                     f"deployment {report.deployment_id} is {current.value}; "
@@ -637,13 +646,13 @@ class CampaignEngine:
                     action.failure_reason,
                 )
                 final = moved if tx.update_action(moved, expected=current) else None
-                self._event(tx, campaign, "action", vin=action.vin, action_state=state)
+                self._event(tx, campaign, "action", action.vin, state)
             if said:
                 self._report_event(tx, campaign, report)
             if final is None:
                 final = tx.get_action(key)
                 assert final is not None
-            return ReportOutcome(final, False, campaign)
+            return _new_outcome(final, False, campaign)
 
         return self.store.run(work)
 
@@ -903,7 +912,7 @@ class CampaignEngine:
         if not tx.update_action(ended, expected=action.state):
             return campaign
         detail = f"{step}: {reason}" if outcome in FAILURE_STATES and (step or reason) else ""
-        self._event(tx, campaign, "action", vin=action.vin, action_state=outcome, detail=detail)
+        self._event(tx, campaign, "action", action.vin, outcome, detail)
         retry = (
             outcome in FAILURE_STATES
             and action.attempts <= campaign.max_retries
@@ -1046,14 +1055,14 @@ class CampaignEngine:
         tx: Tx,
         campaign: Campaign,
         kind: str,
-        *,
         vin: str = "",
         action_state: ActionState | None = None,
         detail: str = "",
     ) -> None:
-        # Positional: a report makes two or three events, and keywords cost more.
+        # Positional here and from the hot callers: a report makes two or three
+        # events, and keywords cost more.
         tx.add_event(
-            CampaignEvent(
+            _new_event(
                 0, campaign.key, self.clock(), kind, vin, action_state, campaign.state, detail
             )
         )

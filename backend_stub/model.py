@@ -7,6 +7,7 @@ same seed give the same ids.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Literal, TypeVar, dataclass_transform
@@ -200,6 +201,25 @@ def copy_with(obj: _T, changes: dict[str, Any]) -> _T:
 
 
 _COPIERS: dict[type, Any] = {}
+_new_object = object.__new__
+
+
+def maker(cls: type[_T]) -> Callable[..., _T]:
+    """Return a function that makes a :func:`record` ``cls`` from all its fields, in order.
+
+    For the few records made once or more per vehicle report: the function
+    fills the slots itself, without the call of ``__init__`` that a
+    constructor makes (about a third less). It takes every field, defaults
+    included; callers give its type with the fields' types, for the checker.
+    """
+    names = field_names(cls)
+    lines = [f"def make({', '.join(names)}):", "    new = new_object(cls)"]
+    lines += [f"    new.{name} = {name}" for name in names]
+    lines += ["    return new"]
+    namespace: dict[str, Any] = {"new_object": _new_object, "cls": cls}
+    exec("\n".join(lines), namespace)
+    made: Callable[..., _T] = namespace["make"]
+    return made
 
 
 def _make_copier(cls: type) -> Any:
@@ -216,7 +236,7 @@ def _make_copier(cls: type) -> Any:
         for name in names
     ]
     lines += ["    return new"]
-    namespace: dict[str, Any] = {"new_object": object.__new__, "cls": cls, "known": set(names)}
+    namespace: dict[str, Any] = {"new_object": _new_object, "cls": cls, "known": set(names)}
     exec("\n".join(lines), namespace)
     return namespace["copier"]
 
@@ -434,21 +454,23 @@ class Action:
     ) -> Action:
         """Return a copy with every field its life changes given, in field order.
 
-        The campaign engine's hot path: a third of the cost of
-        :func:`copy_with`, and a fleet moves its actions millions of times.
+        The campaign engine's hot path: a fleet moves its actions millions of
+        times. The slots are filled here, as :func:`copy_with`'s copiers do,
+        without the call of ``__init__`` (a quarter of the cost).
         """
-        return Action(
-            self.key,
-            self.campaign_key,
-            self.vin,
-            self.wave,
-            state,
-            updated_at,
-            attempts,
-            progress_pct,
-            failure_step,
-            failure_reason,
-        )
+        new: Any = _new_object(Action)
+        new.key = self.key
+        new.campaign_key = self.campaign_key
+        new.vin = self.vin
+        new.wave = self.wave
+        new.state = state
+        new.updated_at = updated_at
+        new.attempts = attempts
+        new.progress_pct = progress_pct
+        new.failure_step = failure_step
+        new.failure_reason = failure_reason
+        made: Action = new
+        return made
 
 
 @record

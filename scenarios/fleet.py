@@ -53,6 +53,7 @@ from backend_stub.model import (
     Vehicle,
     VehicleFilter,
     WaveSpec,
+    maker,
 )
 from backend_stub.service import OtaBackend, check_ecus
 from backend_stub.store.memory import MemoryStore
@@ -294,6 +295,25 @@ class FleetOptions(_Model):
     """How often the backend applies its time-driven rules (wave start times, release rate)."""
 
 
+# Every report makes one (vin, deployment_id, report_id, state, progress_pct,
+# failure_step, failure_reason, ecu_progress, inventory, detail).
+_new_report: Callable[
+    [
+        str,
+        str,
+        str,
+        ActionState,
+        int,
+        str,
+        str,
+        tuple[dict[str, str], ...],
+        tuple[EcuInfo, ...],
+        str,
+    ],
+    DeploymentReport,
+] = maker(DeploymentReport)
+
+
 @dataclass(slots=True)
 class _Group:
     """A population entry prepared for the hot path: plain numbers, shared tuples."""
@@ -376,8 +396,10 @@ class FleetWorld:
             # Release signatures do not enter the log, so a fresh key keeps runs equal.
             release_key=Ed25519PrivateKey.generate(),
             image_trust_anchors=[dev_private_key().public_key()],
-            # A C-level call: the engine reads the clock several times per report.
-            clock=functools.partial(getattr, env, "now"),
+            # A C-level call that reads the attribute behind SimPy's ``now``
+            # property: the engine reads the clock several times per report, and
+            # the property would add a Python call to each.
+            clock=functools.partial(getattr, env, "_now"),
         )
         self.engine = self.backend.engine
         self.cars: dict[str, Car] = {}
@@ -667,8 +689,17 @@ class FleetWorld:
         try:
             # Positional: three reports per vehicle, and keywords cost more.
             outcome = self.engine.report(
-                DeploymentReport(
-                    car.vin, deployment_id, f"{tag}/{number}", state, 0, step, reason, (), inventory
+                _new_report(
+                    car.vin,
+                    deployment_id,
+                    f"{tag}/{number}",
+                    state,
+                    0,
+                    step,
+                    reason,
+                    (),
+                    inventory,
+                    "",
                 )
             )
         except BackendError:

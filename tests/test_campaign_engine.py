@@ -306,6 +306,22 @@ def test_copy_with_refuses_a_field_the_record_does_not_have():
     assert copy_with(action, {}) == action
 
 
+def test_a_maker_fills_every_field_in_its_place_and_takes_them_all():
+    from backend_stub.model import CampaignEvent, DeploymentReport, EcuInfo, maker
+
+    make_event = maker(CampaignEvent)
+    args = (7, 2, 3.5, "action", vin(1), ActionState.FAILED, CampaignState.RUNNING, "boot")
+    made = make_event(*args)
+    assert type(made) is CampaignEvent
+    assert made == CampaignEvent(*args)
+    assert hash(made) == hash(CampaignEvent(*args))
+    report = (vin(2), "dep-4", "r/1", ActionState.INSTALLING, 50, "", "", (), (EcuInfo("bms"),), "")
+    assert maker(DeploymentReport)(*report) == DeploymentReport(*report)
+    # Defaults are not filled in: a field left out is an error, not a silent default.
+    with pytest.raises(TypeError):
+        make_event(*args[:-1])
+
+
 def test_ids_take_ascii_digits_only(engine, store):
     campaign = make(engine, store, n=1, waves=())
     engine.start(campaign.campaign_id)
@@ -801,6 +817,33 @@ def test_bounded_move_takes_lowest_keys_and_rolls_back_cleanly(engine, store):
         0: {ActionState.PENDING: 6},
         1: {ActionState.SCHEDULED: 4},
     }
+
+
+def test_wave_counts_list_states_present_and_a_rollback_puts_them_back(engine, store):
+    campaign = make(engine, store, n=2, waves=())
+    before = store.run(lambda tx: tx.wave_counts(campaign.key))
+    assert before == {0: {ActionState.SCHEDULED: 2}}
+
+    class Boom(Exception):
+        pass
+
+    def moved_then_failed(tx):
+        # Empties SCHEDULED and enters PENDING, then NOTIFIED for one action.
+        tx.move_actions(
+            campaign.key, wave=0, states=(ActionState.SCHEDULED,), to=ActionState.PENDING, at=1.0
+        )
+        (first, _) = tx.list_actions(campaign.key)
+        moved = first.advanced(ActionState.NOTIFIED, 2.0, 1, 0, "", "")
+        assert tx.update_action(moved, expected=ActionState.PENDING)
+        assert tx.wave_counts(campaign.key, 0) == {
+            0: {ActionState.PENDING: 1, ActionState.NOTIFIED: 1}
+        }
+        raise Boom
+
+    with pytest.raises(Boom):
+        store.run(moved_then_failed)
+    assert store.run(lambda tx: tx.wave_counts(campaign.key)) == before
+    assert store.run(lambda tx: tx.count_actions()) == {ActionState.SCHEDULED: 2}
 
 
 def test_memory_bounded_move_is_amortised():

@@ -2,8 +2,8 @@
 
 Transactions are serialised by one lock and undone on error with an undo log,
 so a failed request leaves no trace, as in the database. Wave counts are kept
-as running counters so that a campaign over a million vehicles costs O(1) per
-report.
+as running counters, of the states present only, so that a campaign over a
+million vehicles costs O(1) per report.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from backend_stub.model import (
     Vehicle,
     VehicleFilter,
     copy_with,
+    maker,
 )
 
 T = TypeVar("T")
@@ -45,12 +46,20 @@ _dict_set = dict.__setitem__
 _set_discard = set.discard
 
 
+# Every check-in makes one (vin, model, tags, ecus, state, registered_at,
+# last_seen_at, checkins, telemetry).
+_new_vehicle: Callable[
+    [str, str, tuple[str, ...], tuple[EcuInfo, ...], str, float, float, int, dict[str, float]],
+    Vehicle,
+] = maker(Vehicle)
+
+
 def _touched(
     vehicle: Vehicle, at: float, state: str | None, ecus: Sequence[EcuInfo] | None
 ) -> Vehicle:
     # Positional, in field order: every check-in makes one, and ``copy_with``
     # costs three times as much.
-    return Vehicle(
+    return _new_vehicle(
         vehicle.vin,
         vehicle.model,
         vehicle.tags,
@@ -78,10 +87,37 @@ class _History:
         self.keys.pop()
 
 
-def _uncount(counts: dict[ActionState, int], left: ActionState, entered: ActionState) -> None:
-    """Undo one action's move from ``left`` to ``entered`` in a wave's counts."""
-    counts[entered] -= 1
-    counts[left] += 1
+def _unmove(
+    actions: dict[int, Action],
+    current: Action,
+    counts: dict[ActionState, int],
+    left: ActionState,
+    entered: ActionState,
+) -> None:
+    """Undo an action's move from ``left`` to ``entered``: the action, and its wave's counts."""
+    actions[current.key] = current
+    _count_move(counts, entered, left)
+
+
+def _count_move(counts: dict[ActionState, int], left: ActionState, entered: ActionState) -> None:
+    """Count one action out of ``left`` (where it is counted) and into ``entered``.
+
+    A count that falls to zero goes, as it would from a GROUP BY.
+    """
+    remaining = counts[left] - 1
+    if remaining:
+        counts[left] = remaining
+    else:
+        del counts[left]
+    counts[entered] = counts.get(entered, 0) + 1
+
+
+def _recount(counts: dict[ActionState, int], state: ActionState, number: int) -> None:
+    """Put a wave's count of ``state`` back to ``number`` (the undo of a change to it)."""
+    if number:
+        counts[state] = number
+    else:
+        counts.pop(state, None)
 
 
 class _MemoryTx:
@@ -112,8 +148,8 @@ class _MemoryTx:
     def _count(self, campaign_key: int, wave: int, state: ActionState, delta: int) -> None:
         counts = self._s.counts[campaign_key][wave]
         old = counts.get(state, 0)
-        self._undo.append((_dict_set, counts, state, old))
-        counts[state] = old + delta
+        self._undo.append((_recount, counts, state, old))
+        _recount(counts, state, old + delta)
 
     def _index_vin(self, action: Action, add: bool) -> None:
         keys = self._s.by_vin[action.vin]
@@ -310,21 +346,23 @@ class _MemoryTx:
         return self._s.actions.get(key)
 
     def update_action(self, action: Action, *, expected: ActionState) -> bool:
+        # The hottest write of a fleet: one undo entry, whether or not the
+        # state changes.
         actions = self._s.actions
         current = actions.get(action.key)
-        if current is None or current.state is not expected:
+        if current is None:
             return False
-        # The hottest write of a fleet: the undo of ``_set``, inlined.
-        self._undo.append((_dict_set, actions, action.key, current))
+        left = current.state
+        if left is not expected:
+            return False
         actions[action.key] = action
-        if action.state is not current.state:
-            counts = self._s.counts[action.campaign_key][action.wave]
-            old_state, new_state = current.state, action.state
-            # The state left is counted (the action was in it); the state entered
-            # may not be. The undo is pushed once both are done.
-            counts[old_state] -= 1
-            counts[new_state] = counts.get(new_state, 0) + 1
-            self._undo.append((_uncount, counts, old_state, new_state))
+        entered = action.state
+        if entered is left:
+            self._undo.append((_dict_set, actions, action.key, current))
+            return True
+        counts = self._s.counts[action.campaign_key][action.wave]
+        _count_move(counts, left, entered)
+        self._undo.append((_unmove, actions, current, counts, left, entered))
         return True
 
     def actions_of_vehicle(self, vin: str, states: Collection[ActionState]) -> list[Action]:
@@ -388,17 +426,17 @@ class _MemoryTx:
         self, campaign_key: int, wave: int | None = None
     ) -> dict[int, dict[ActionState, int]]:
         counts: Mapping[int, dict[ActionState, int]] = self._s.counts.get(campaign_key, {})
+        # Copies: the counts hold only the states present.
         if wave is not None:  # the wave rules ask for one wave after each outcome
-            return {wave: {s: n for s, n in counts.get(wave, {}).items() if n}}
-        return {w: {s: n for s, n in counts[w].items() if n} for w in sorted(counts)}
+            return {wave: dict(counts.get(wave, ()))}
+        return {w: dict(counts[w]) for w in sorted(counts)}
 
     def count_actions(self) -> dict[ActionState, int]:
         totals: dict[ActionState, int] = {}
         for waves in self._s.counts.values():
             for counts in waves.values():
                 for state, number in counts.items():
-                    if number:
-                        totals[state] = totals.get(state, 0) + number
+                    totals[state] = totals.get(state, 0) + number
         return totals
 
     def list_actions(
@@ -465,9 +503,7 @@ class _MemoryTx:
         history = store.histories.get(event.campaign_key)
         if history is None:
             history = store.histories[event.campaign_key] = _History()
-        sequences = store.sequences
-        key = sequences["event"] + 1
-        sequences["event"] = key
+        key = next(store.event_keys)
         history.events.append(event)
         history.keys.append(key)
         self._undo.append((_History.drop_last, history))
@@ -514,14 +550,17 @@ class MemoryStore:
         # Per (campaign, wave): the index in ``by_wave`` of the first action
         # that may still be SCHEDULED (absent: 0).
         self.cursors: dict[tuple[int, int], int] = {}
+        # Per campaign and wave: how many actions are in each state (a state
+        # with none is absent).
         self.counts: defaultdict[int, defaultdict[int, dict[ActionState, int]]] = defaultdict(
             lambda: defaultdict(dict)
         )
         self.histories: dict[int, _History] = {}
         self.reports: set[str] = set()
-        # A plain dict (indexing a dict subclass is slower), with the event
-        # sequence, which every report advances, present from the start.
-        self.sequences: dict[str, int] = {"event": 0}
+        self.sequences: dict[str, int] = {}
+        # Events have a sequence of their own, a C-level counter: every report
+        # advances it. Like the others, it is not wound back by a rollback.
+        self.event_keys = itertools.count(1)
 
     def touch(
         self, vin: str, *, at: float, state: str | None, ecus: Sequence[EcuInfo] | None
