@@ -593,9 +593,10 @@ class CampaignEngine:
                 )
             # Serialise with the campaign's other writers before judging the
             # action, so that wave decisions see every committed outcome.
-            campaign = self._locked(tx, action.campaign_key)
+            # (``_locked``, inlined: every vehicle report takes this path.)
+            campaign = tx.get_campaign(action.campaign_key, lock=True)
             action = tx.get_action(key)
-            assert action is not None
+            assert campaign is not None and action is not None
             now = self.clock()
             if not tx.claim_report(report.report_id, at=now):
                 return _new_outcome(action, True, campaign)
