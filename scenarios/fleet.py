@@ -24,8 +24,10 @@ from __future__ import annotations
 import functools
 import gc
 import hashlib
+import itertools
 import math
 import random
+import weakref
 from collections import Counter, defaultdict
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -358,6 +360,22 @@ class FleetStats:
     vehicle_events: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """A fleet compared with its campaign's actions and with the backend (``FleetWorld.tally``)."""
+
+    wrong_vehicle: int
+    """Vehicles not running what their action says (the new versions if it succeeded)."""
+    wrong_backend: int
+    """Vehicles whose inventory the backend has wrong."""
+    outcomes: dict[tuple[int, ActionState | None], int]
+    """Vehicles per (index in ``FleetWorld.groups``, action state; ``None``: not targeted)."""
+
+
+# Every world not yet freed (worlds hold reference cycles: only a collection frees them).
+_worlds: weakref.WeakSet[FleetWorld] = weakref.WeakSet()
+
+
 class FleetWorld:
     """The backend (real engine, memory store, SimPy clock) and a modeled fleet."""
 
@@ -434,8 +452,11 @@ class FleetWorld:
         # and earlier runs in this process left their worlds to the next full
         # collection: collect them now, so that worlds do not pile up. Before
         # the fleet is made rather than after, so as not to scan its hundreds
-        # of thousands of objects for nothing.
-        gc.collect()
+        # of thousands of objects for nothing; and only if an earlier world is
+        # still there, as a full collection scans every object of the process.
+        if _worlds:
+            gc.collect()
+        _worlds.add(self)
         options = self.options
         release = options.release
         images = []
@@ -505,21 +526,30 @@ class FleetWorld:
         # Group of each vehicle drawn from the seed, so batches spread over the VINs.
         picks = self.rng.choices(range(len(weights)), weights=weights, k=count)
         now = float(self.env.now)
-        cars = self.cars
         groups = self.groups
-        vehicles = []
-        for index, group_index in enumerate(picks):
-            vin = fleet_vin(index)
-            group = groups[group_index]
-            cars[vin] = Car(vin, index, group_index, group.old)
-            # Positional (vin, model, tags, ecus, state, registered_at, last_seen_at):
-            # a million of these, and keywords cost more.
-            vehicles.append(
-                Vehicle(vin, group.model, group.tags, group.old, "registered", now, now)
+        # Column by column, the objects made by ``map`` rather than in a loop:
+        # a million of each, and a loop's own bytecode costs about as much as
+        # making them.
+        vins = list(map(fleet_vin, range(count)))
+        old = [groups[index].old for index in picks]
+        self.cars.update(zip(vins, map(Car, vins, range(count), picks, old), strict=True))
+        # Positional (vin, model, tags, ecus, state, registered_at, last_seen_at).
+        vehicles = list(
+            map(
+                Vehicle,
+                vins,
+                [groups[index].model for index in picks],
+                [groups[index].tags for index in picks],
+                old,
+                itertools.repeat("registered"),
+                itertools.repeat(now),
+                itertools.repeat(now),
             )
-
+        )
         self.backend.store.run(lambda tx: tx.put_vehicles(vehicles))
-        per_group = Counter(groups[i].label for i in picks)
+        per_group: Counter[str] = Counter()
+        for index, number in Counter(picks).items():
+            per_group[groups[index].label] += number
         self.run.event(
             "fleet",
             "registered",
@@ -902,19 +932,36 @@ class FleetWorld:
         A vehicle whose action succeeded must run the new versions, any other
         the old ones; the backend's inventory must be what the vehicle runs.
         """
-        states = self.action_states()
-        backend_vehicles = self.backend_vehicles()
-        wrong_vehicle = wrong_backend = 0
+        tally = self.tally()
+        return tally.wrong_vehicle, tally.wrong_backend
+
+    def tally(self) -> Tally:
+        """Compare every vehicle with its action and the backend; count their outcomes."""
+        states = self.action_states().get
         groups = self.groups
+        cars = self.cars
         succeeded = ActionState.SUCCEEDED
-        for vin, car in self.cars.items():
-            group = groups[car.group]
-            expected = group.new if states.get(vin) is succeeded else group.old
-            if car.ecus != expected:
-                wrong_vehicle += 1
-            if backend_vehicles[vin].ecus != car.ecus:
-                wrong_backend += 1
-        return wrong_vehicle, wrong_backend
+
+        def work(tx: Any) -> Tally:
+            # One pass over the fleet, the backend's vehicles read one by one
+            # rather than gathered in a table first: at a million vehicles,
+            # each pass over them costs more than the comparisons made in it.
+            vehicle = tx.get_vehicle
+            wrong_vehicle = wrong_backend = 0
+            counts: dict[tuple[int, ActionState | None], int] = {}
+            for vin, car in cars.items():
+                group = groups[car.group]
+                state = states(vin)
+                ecus = car.ecus
+                if ecus != (group.new if state is succeeded else group.old):
+                    wrong_vehicle += 1
+                if vehicle(vin).ecus != ecus:
+                    wrong_backend += 1
+                counted = (car.group, state)
+                counts[counted] = counts.get(counted, 0) + 1
+            return Tally(wrong_vehicle, wrong_backend, counts)
+
+        return self.backend.store.run(work, write=False)
 
     def peak_load(self) -> int:
         """Return the most vehicle calls the backend took in one minute."""
@@ -957,7 +1004,9 @@ def event_rows(events: Iterable[CampaignEvent]) -> Iterator[tuple[float, str, st
 
 def fleet_vin(index: int) -> str:
     """Return the VIN of modeled vehicle ``index`` (valid: no I, O or Q)."""
-    return f"SMFLEET{index:010d}"
+    # ``zfill`` rather than a format spec, which is parsed on every call: a
+    # fleet names a million vehicles. The same digits, a sign first if any.
+    return "SMFLEET" + str(index).zfill(10)
 
 
 __all__ = [
@@ -974,6 +1023,7 @@ __all__ = [
     "PopulationEntry",
     "RateParams",
     "ReleaseParams",
+    "Tally",
     "Wave",
     "event_rows",
     "event_text",

@@ -18,6 +18,7 @@ from backend_stub.errors import (
 from backend_stub.model import (
     AbortCriterion,
     ActionState,
+    Campaign,
     CampaignSpec,
     CampaignState,
     DeploymentReport,
@@ -388,6 +389,50 @@ def test_put_vehicles_is_put_vehicle_one_by_one_and_undone_as_one(store):
     assert everyone() == found
     assert [v.vin for v in everyone(after=vin(0))] == [vin(1), vin(3), vin(5)]
     assert store.run(lambda tx: [tx.get_vehicle(vin(n)) for n in (2, 7, 8)]) == [None] * 3
+
+
+def test_add_campaign_takes_targets_in_any_wave_order_and_vehicles_targeted_before(store):
+    (rel,) = seed(store, [vehicle(i) for i in range(6)])
+    template = Campaign(
+        key=0,
+        name="c",
+        release_key=rel.key,
+        state=CampaignState.DRAFT,
+        filter=VehicleFilter(),
+        wave_sizes=(2, 2, 2),
+        success_threshold_pct=90.0,
+        error_threshold_pct=10.0,
+        max_retries=0,
+        action_timeout_s=0.0,
+        target_count=6,
+        excluded_count=0,
+        created_at=1.0,
+        updated_at=1.0,
+    )
+    # Waves in order, then out of order over the same vehicles (targeted before).
+    first = store.run(lambda tx: tx.add_campaign(template, [(vin(i), i // 2) for i in range(6)]))
+    waves = [2, 0, 1, 0, 2, 1]
+    second = store.run(
+        lambda tx: tx.add_campaign(template, [(vin(i), w) for i, w in enumerate(waves)])
+    )
+
+    def failing(tx):
+        tx.add_campaign(template, [(vin(i), 0) for i in range(6)])
+        raise RuntimeError("the transaction fails after the campaign")
+
+    with pytest.raises(RuntimeError):
+        store.run(failing)
+    for campaign, expected in ((first, [i // 2 for i in range(6)]), (second, waves)):
+        actions = store.run(lambda tx, c=campaign: tx.list_actions(c.key, limit=100))
+        assert sorted((a.vin, a.wave) for a in actions) == [
+            (vin(i), w) for i, w in enumerate(expected)
+        ]
+        counts = store.run(lambda tx, c=campaign: tx.wave_counts(c.key))
+        assert counts == {w: {ActionState.SCHEDULED: 2} for w in range(3)}
+    scheduled = {ActionState.SCHEDULED}
+    for n in range(6):
+        mine = store.run(lambda tx, n=n: tx.actions_of_vehicle(vin(n), scheduled))
+        assert [a.campaign_key for a in mine] == [first.key, second.key]
 
 
 def test_rejected_report_leaves_no_trace(engine, store):

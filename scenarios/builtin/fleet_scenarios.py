@@ -195,36 +195,25 @@ class FleetScenario(Scenario):
                     f"(threshold {paused.error_threshold_pct:g}%)",
                 )
         # Every vehicle runs what its action says, and the backend knows it.
-        states = world.action_states()
-        backend_vehicles = world.backend_vehicles()
-        wrong_vehicle = wrong_backend = 0
-        # Once per vehicle: a plain dict (a Counter, a dict subclass, is slower
-        # to index), the state labels looked up (``value`` is a Python-level
-        # property of an Enum) and what does not change read before the loop.
-        outcome_counts: dict[tuple[str, str], int] = {}
-        outcomes = []
+        tally = world.tally()
+        wrong_vehicle, wrong_backend = tally.wrong_vehicle, tally.wrong_backend
         labels: dict[ActionState | None, str] = {s: s.value for s in ActionState}
         labels[None] = "not targeted"
         groups = world.groups
-        succeeded = ActionState.SUCCEEDED
-        per_vehicle = len(world.cars) <= PER_VEHICLE_OUTCOMES
-        for vin, car in world.cars.items():
-            group = groups[car.group]
-            state = states.get(vin)
-            expected = group.new if state is succeeded else group.old
-            if car.ecus != expected:
-                wrong_vehicle += 1
-            if backend_vehicles[vin].ecus != car.ecus:
-                wrong_backend += 1
-            label = labels[state]
-            counted = (group.label, label)
-            outcome_counts[counted] = outcome_counts.get(counted, 0) + 1
-            if per_vehicle:
+        outcome_counts: dict[tuple[str, str], int] = {}
+        for (index, state), count in tally.outcomes.items():
+            counted = (groups[index].label, labels[state])
+            outcome_counts[counted] = outcome_counts.get(counted, 0) + count
+        outcomes = []
+        if len(world.cars) <= PER_VEHICLE_OUTCOMES:
+            states = world.action_states()
+            for vin, car in world.cars.items():
+                state = states.get(vin)
                 outcomes.append(
                     {
                         "vin": vin,
-                        "group": group.label,
-                        "state": label,
+                        "group": groups[car.group].label,
+                        "state": labels[state],
                         "versions": {e.name: e.software_version for e in car.ecus},
                         "wakeups": car.wakeups,
                     }
