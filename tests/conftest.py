@@ -15,6 +15,7 @@ import can.interfaces.virtual
 import pytest
 from can_remote import RemoteServer
 from helpers import RawTester, wait_for
+from hypothesis import settings
 
 from ecu_sim import SimulatedVehicle, demo_vehicle
 from gateway import DiagChannel
@@ -25,6 +26,13 @@ _channels = itertools.count()
 
 # udsoncan logs every NRC and timeout at error level; the assertions say what matters.
 logging.getLogger("UdsClient").setLevel(logging.CRITICAL)
+
+# In CI, property tests draw their examples from a seed derived from each test:
+# a failure there can be replayed, and a green run stays green. Elsewhere they
+# stay random and keep exploring (``--hypothesis-seed`` replays a local find).
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def vcan_problem(channel: str) -> str | None:

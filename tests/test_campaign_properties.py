@@ -11,9 +11,13 @@ two stores.
 ``check_step`` judges each operation on its own: the error it raised (always a
 :class:`BackendError`, exactly when the rules say so, and then nothing
 changed), what it returned, and the exact change it made to the campaign and
-every action; ``check_generic_changes`` holds the transition-table invariants
-(1, 2, 6, 8 of the task). ``check_state`` holds the whole-state invariants
-(3-7) after every rule, read back through the store and ``engine.status``.
+every action; ``check_generic_changes`` holds what must hold across any step
+(campaigns and actions move only along their transition tables, terminal
+states are final, attempts only grow and stay within the retries, history is
+never rewritten, the current wave never goes back). ``check_state`` holds what must
+hold of the whole state after every rule (counts add up, waves start in order,
+one deployment per vehicle at a time, attempts, completion and pauses), read
+back through the store and ``engine.status``.
 
 The machine runs over the in-memory store and over SQLite; another test runs
 the same sequences over both side by side. Two regression tests pin the rule
@@ -470,7 +474,12 @@ def wave_decision(snap: Snapshot, wave: int, now: float) -> str:
 
 
 def check_generic_changes(step: Step, config: Config) -> None:
-    """Invariants 1, 2 and 6 across one step, independent of what the operation was."""
+    """What must hold across any step, whatever the operation was.
+
+    Campaigns and actions move only along their transition tables, and only by
+    the operations allowed to move them; terminal states are final; attempts
+    only grow, within the retries; history is only appended to.
+    """
     b, a, kind = step.before, step.after, step.op.kind
     bc, ac = b.campaign, a.campaign
     # Campaign: only along the transition table; terminal states are final.
@@ -804,14 +813,14 @@ class UnfinishedCompletion(AssertionError):
 
 
 def check_state(driver: Driver, *, strict_completion: bool = True) -> None:
-    """Invariants 3-7 of the whole state, read back through the store and ``status``."""
+    """What must hold of the whole state, read back through the store and ``status``."""
     snap = driver.snapshot()
     assert snap == driver.last, "reading the state changed it"
     c, actions = snap.campaign, snap.actions
     status = driver.engine.status(driver.cid)
     assert status.campaign == c
     n_waves = len(c.wave_sizes)
-    # 3: counts add up, and the store's counts are the actions' counts.
+    # Counts add up, and the store's counts are the actions' counts.
     counted: dict[int, Counter[ActionState]] = {}
     for x in actions:
         counted.setdefault(x.wave, Counter())[x.state] += 1
@@ -821,7 +830,7 @@ def check_state(driver: Driver, *, strict_completion: bool = True) -> None:
         assert sum(counts.values()) == c.wave_sizes[w]
     assert sum(sum(n.values()) for n in status.wave_counts.values()) == c.target_count
     assert len(actions) == c.target_count == driver.config.fleet
-    # 4: waves start in order.
+    # Waves start in order.
     assert 0 <= c.current_wave < n_waves
     for x in actions:
         if c.state is C.DRAFT:
@@ -831,17 +840,17 @@ def check_state(driver: Driver, *, strict_completion: bool = True) -> None:
             assert x.state is later, f"{x} ahead of wave {c.current_wave}"
         else:
             assert x.state is not S.SCHEDULED, f"{x} left behind in a started wave"
-    # 5: one deployment in the vehicle's hands at a time.
+    # One deployment in the vehicle's hands at a time.
     busy = Counter(x.vin for x in actions if x.state in ACTIVE_ACTION_STATES)
     assert all(n == 1 for n in busy.values()), busy
-    # 6: attempts.
+    # Attempts.
     for x in actions:
         assert 0 <= x.attempts <= c.max_retries + 1, x
         if x.state is S.SCHEDULED:
             assert x.attempts == 0
         if x.state in ACTIVE_ACTION_STATES or x.state in {S.SUCCEEDED, *FAILURE_STATES}:
             assert x.attempts >= 1, x
-    # 7: completion and pauses.
+    # Completion and pauses.
     if c.state is C.COMPLETED:
         last = n_waves - 1
         assert c.current_wave == last
