@@ -21,7 +21,7 @@ import isotp
 import udsoncan
 from udsoncan import DidCodec
 from udsoncan.client import Client
-from udsoncan.connections import PythonIsoTpConnection
+from udsoncan.connections import BaseConnection, PythonIsoTpConnection
 from udsoncan.exceptions import (
     InvalidResponseException,
     NegativeResponseException,
@@ -139,6 +139,64 @@ class FunctionalRefused(DiagnosticError):
         self.sid = sid
 
 
+class MatchedReplies(BaseConnection):
+    """A connection that hands over only replies to the request it sent last.
+
+    On a slow link a reply can arrive after its request timed out or was
+    asked again; udsoncan empties the receive queue only before it sends, so
+    it would take that reply for the next request's and fail it ("service ID
+    different than the request"). A reply to another service, positive
+    (``SID + 0x40``) or negative (``7F SID``), is dropped here instead, and
+    the wait goes on for the rest of its time.
+    """
+
+    def __init__(self, inner: BaseConnection, name: str | None = None) -> None:
+        super().__init__(name)
+        self.inner = inner
+        """The connection underneath, which hands over every frame."""
+        self._service: int | None = None
+
+    def open(self) -> MatchedReplies:
+        """Open the connection underneath."""
+        self.inner.open()
+        return self
+
+    def close(self) -> None:
+        """Close the connection underneath."""
+        self.inner.close()
+
+    def is_open(self) -> bool:
+        """Whether the connection underneath is open."""
+        return self.inner.is_open()
+
+    def empty_rxqueue(self) -> None:
+        """Drop every frame received and not read yet."""
+        self.inner.empty_rxqueue()
+
+    def specific_send(self, payload: bytes, timeout: float | None = None) -> None:
+        """Send ``payload``, and expect replies to its service from now on."""
+        self._service = payload[0] if payload else None
+        self.inner.send(payload, timeout)
+
+    def specific_wait_frame(self, timeout: float | None = None) -> bytes | None:
+        """Return the next reply to the last request's service (``TimeoutException`` if none)."""
+        service = self._service
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            frame = self.inner.wait_frame(timeout=left, exception=True)
+            if frame is None or service is None or replies_to(frame, service):
+                return frame
+            self.logger.debug("dropped a late reply to another request: %s", frame.hex())
+
+
+def replies_to(frame: bytes, service: int) -> bool:
+    """Whether ``frame`` is a reply (positive or negative) to a request of ``service``."""
+    if frame[:1] == bytes([0x7F]):
+        return frame[1:2] == bytes([service])
+    return frame[:1] == bytes([(service + 0x40) & 0xFF])
+
+
 class _NoReception:
     """rxfn of a send-only ISO-TP layer: functional requests get no reply on their own id."""
 
@@ -196,7 +254,10 @@ class DiagChannel:
                 "server_memorysize_format": 32,
             }
         )
-        self._connection = PythonIsoTpConnection(self._stack, name=f"{ecu.name}-physical")
+        self._connection = MatchedReplies(
+            PythonIsoTpConnection(self._stack, name=f"{ecu.name}-physical"),
+            name=f"{ecu.name}-physical-matched",
+        )
         self._functional_connection = PythonIsoTpConnection(
             self._functional_stack, name=f"{ecu.name}-functional"
         )
@@ -273,7 +334,9 @@ class DiagChannel:
             return
         deadline = time.monotonic() + listen_s
         while (left := deadline - time.monotonic()) > 0:
-            reply = self._connection.wait_frame(timeout=left, exception=False)
+            # Underneath the matching: a refusal answers the functional
+            # request, not the last physical one.
+            reply = self._connection.inner.wait_frame(timeout=left, exception=False)
             if reply is not None and len(reply) >= 3 and reply[0] == 0x7F:
                 raise FunctionalRefused(self.ecu.name, reply[1], reply[2])
 

@@ -24,6 +24,7 @@ from udsoncan.client import Client
 from udsoncan.connections import IsoTPSocketConnection
 
 from gateway import DiagChannel, Flasher
+from gateway.diag import MatchedReplies
 from ota_formats.vehicle import EcuSpec, VehicleSpec
 
 pytestmark = pytest.mark.socketcan
@@ -94,11 +95,14 @@ class KernelIsoTpChannel(DiagChannel):
         assert not vehicle.can.fd, "CAN FD over kernel ISO-TP sockets needs vcan mtu 72"
         super().__init__(bus, notifier, vehicle, ecu)
         mode = isotp.AddressingMode.Normal_11bits
-        self._connection = IsoTPSocketConnection(
-            interface,
-            isotp.Address(mode, txid=ecu.request_id, rxid=ecu.response_id),
-            name=f"{ecu.name}-kernel-physical",
-            tpsock=kernel_isotp_socket(ecu),
+        self._connection = MatchedReplies(
+            IsoTPSocketConnection(
+                interface,
+                isotp.Address(mode, txid=ecu.request_id, rxid=ecu.response_id),
+                name=f"{ecu.name}-kernel-physical",
+                tpsock=kernel_isotp_socket(ecu),
+            ),
+            name=f"{ecu.name}-kernel-physical-matched",
         )
         self._functional_connection = IsoTPSocketConnection(
             interface,
