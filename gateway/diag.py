@@ -192,9 +192,11 @@ class MatchedReplies(BaseConnection):
 
 def replies_to(frame: bytes, service: int) -> bool:
     """Whether ``frame`` is a reply (positive or negative) to a request of ``service``."""
-    if frame[:1] == bytes([0x7F]):
-        return frame[1:2] == bytes([service])
-    return frame[:1] == bytes([(service + 0x40) & 0xFF])
+    if not frame:
+        return False
+    if frame[0] == 0x7F:
+        return len(frame) > 1 and frame[1] == service
+    return frame[0] == (service + 0x40) & 0xFF
 
 
 class _NoReception:

@@ -635,8 +635,10 @@ class Flasher:
                 version, _hw, status = self.read_identity()
                 return version, status
             except DiagnosticError as exc:
-                # On a slow link (a remote bus) the reply to an earlier probe can arrive
-                # late and be taken for this request's reply: ask again.
+                # On a slow link a late reply to an earlier read (the same service,
+                # which the channel cannot tell from this one's; replies to other
+                # services, such as the probes', it drops) can be taken for this
+                # request's reply: ask again.
                 if exc.nrc is None and not exc.timeout and attempt < 2:
                     attempt += 1
                     self.sleep(self.boot_probe_s)

@@ -370,6 +370,8 @@ class Tally:
     """Vehicles whose inventory the backend has wrong."""
     outcomes: dict[tuple[int, ActionState | None], int]
     """Vehicles per (index in ``FleetWorld.groups``, action state; ``None``: not targeted)."""
+    states: dict[str, ActionState]
+    """Each target vehicle's action state, as compared."""
 
 
 # Every world not yet freed (worlds hold reference cycles: only a collection frees them).
@@ -937,7 +939,8 @@ class FleetWorld:
 
     def tally(self) -> Tally:
         """Compare every vehicle with its action and the backend; count their outcomes."""
-        states = self.action_states().get
+        action_states = self.action_states()
+        states = action_states.get
         groups = self.groups
         cars = self.cars
         succeeded = ActionState.SUCCEEDED
@@ -959,7 +962,7 @@ class FleetWorld:
                     wrong_backend += 1
                 counted = (car.group, state)
                 counts[counted] = counts.get(counted, 0) + 1
-            return Tally(wrong_vehicle, wrong_backend, counts)
+            return Tally(wrong_vehicle, wrong_backend, counts, action_states)
 
         return self.backend.store.run(work, write=False)
 

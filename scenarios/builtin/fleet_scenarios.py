@@ -206,9 +206,8 @@ class FleetScenario(Scenario):
             outcome_counts[counted] = outcome_counts.get(counted, 0) + count
         outcomes = []
         if len(world.cars) <= PER_VEHICLE_OUTCOMES:
-            states = world.action_states()
             for vin, car in world.cars.items():
-                state = states.get(vin)
+                state = tally.states.get(vin)
                 outcomes.append(
                     {
                         "vin": vin,
