@@ -540,13 +540,18 @@ class CampaignEngine:
                     action.failure_reason,
                 )
                 if tx.update_action(notified, expected=_PENDING):
-                    self._event(
-                        tx,
-                        campaign,
-                        "action",
-                        vin=vin,
-                        action_state=_NOTIFIED,
-                        detail=f"attempt {notified.attempts}",
+                    # ``_event``, written out: every attempt starts here.
+                    tx.add_event(
+                        _new_event(
+                            0,
+                            campaign.key,
+                            now,
+                            "action",
+                            vin,
+                            _NOTIFIED,
+                            campaign.state,
+                            f"attempt {notified.attempts}",
+                        )
                     )
                     return [Offer(notified, campaign)]
             return []
@@ -595,7 +600,8 @@ class CampaignEngine:
             # action, so that wave decisions see every committed outcome.
             # (``_locked``, inlined: every vehicle report takes this path.)
             campaign = tx.get_campaign(action.campaign_key, lock=True)
-            action = tx.get_action(key)
+            if not tx.serialised:
+                action = tx.get_action(key)
             assert campaign is not None and action is not None
             now = self.clock()
             if not tx.claim_report(report.report_id, at=now):
@@ -647,7 +653,12 @@ class CampaignEngine:
                     action.failure_reason,
                 )
                 final = moved if tx.update_action(moved, expected=current) else None
-                self._event(tx, campaign, "action", action.vin, state)
+                # ``_event``, written out: every report that moves an action logs it.
+                tx.add_event(
+                    _new_event(
+                        0, campaign.key, now, "action", action.vin, state, campaign.state, ""
+                    )
+                )
             if said:
                 self._report_event(tx, campaign, report)
             if final is None:
@@ -913,7 +924,10 @@ class CampaignEngine:
         if not tx.update_action(ended, expected=action.state):
             return campaign
         detail = f"{step}: {reason}" if outcome in FAILURE_STATES and (step or reason) else ""
-        self._event(tx, campaign, "action", action.vin, outcome, detail)
+        # ``_event``, written out: every action ends here.
+        tx.add_event(
+            _new_event(0, campaign.key, now, "action", action.vin, outcome, campaign.state, detail)
+        )
         retry = (
             outcome in FAILURE_STATES
             and action.attempts <= campaign.max_retries

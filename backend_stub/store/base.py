@@ -30,6 +30,11 @@ T = TypeVar("T")
 class Tx(Protocol):
     """Operations inside one transaction."""
 
+    serialised: bool
+    """Whether transactions run one at a time, so that what this one read
+    before taking a lock is still current after it (the engine then reads
+    it only once)."""
+
     # Vehicles
     def get_vehicle(self, vin: str) -> Vehicle | None:
         """Return the vehicle with ``vin``, if registered."""

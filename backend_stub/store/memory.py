@@ -94,22 +94,18 @@ def _unmove(
     left: ActionState,
     entered: ActionState,
 ) -> None:
-    """Undo an action's move from ``left`` to ``entered``: the action, and its wave's counts."""
-    actions[current.key] = current
-    _count_move(counts, entered, left)
+    """Undo an action's move from ``left`` to ``entered``: the action, and its wave's counts.
 
-
-def _count_move(counts: dict[ActionState, int], left: ActionState, entered: ActionState) -> None:
-    """Count one action out of ``left`` (where it is counted) and into ``entered``.
-
-    A count that falls to zero goes, as it would from a GROUP BY.
+    A count that falls to zero goes, as it would from a GROUP BY (and as
+    :meth:`_MemoryTx.update_action` counts a move).
     """
-    remaining = counts[left] - 1
+    actions[current.key] = current
+    counts[left] = counts.get(left, 0) + 1
+    remaining = counts[entered] - 1
     if remaining:
-        counts[left] = remaining
+        counts[entered] = remaining
     else:
-        del counts[left]
-    counts[entered] = counts.get(entered, 0) + 1
+        del counts[entered]
 
 
 def _recount(counts: dict[ActionState, int], state: ActionState, number: int) -> None:
@@ -124,6 +120,9 @@ class _MemoryTx:
     """One transaction over a :class:`MemoryStore`; every change pushes its undo."""
 
     __slots__ = ("_s", "_undo")
+
+    # One lock runs the store's transactions one at a time.
+    serialised = True
 
     def __init__(self, store: MemoryStore) -> None:
         self._s = store
@@ -206,10 +205,14 @@ class _MemoryTx:
     def touch_vehicle(
         self, vin: str, *, at: float, state: str | None, ecus: Sequence[EcuInfo] | None
     ) -> bool:
-        vehicle = self._s.vehicles.get(vin)
+        vehicles = self._s.vehicles
+        vehicle = vehicles.get(vin)
         if vehicle is None:
             return False
-        self._set(self._s.vehicles, vin, _touched(vehicle, at, state, ecus))
+        # ``_set``, written out for a key known to be there: every final report
+        # touches its vehicle.
+        self._undo.append((_dict_set, vehicles, vin, vehicle))
+        vehicles[vin] = _touched(vehicle, at, state, ecus)
         return True
 
     def set_telemetry(self, vin: str, values: Mapping[str, float], at: float) -> bool:
@@ -361,7 +364,14 @@ class _MemoryTx:
             self._undo.append((_dict_set, actions, action.key, current))
             return True
         counts = self._s.counts[action.campaign_key][action.wave]
-        _count_move(counts, left, entered)
+        # One action out of ``left`` and into ``entered``; a count that falls
+        # to zero goes, as it would from a GROUP BY.
+        remaining = counts[left] - 1
+        if remaining:
+            counts[left] = remaining
+        else:
+            del counts[left]
+        counts[entered] = counts.get(entered, 0) + 1
         self._undo.append((_unmove, actions, current, counts, left, entered))
         return True
 

@@ -400,6 +400,10 @@ _UNFINISHED_SQL = (
 class _SqlTx:
     """One transaction on a connection of :class:`SqlStore`."""
 
+    # Connections run their transactions side by side: a row read before a
+    # lock is read again after it.
+    serialised = False
+
     def __init__(self, conn: Connection, dialect: str) -> None:
         self.conn = conn
         self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
