@@ -24,9 +24,15 @@ Wall time covers the whole scenario (building the world, the campaign, the
 final checks), while the bare model times only its event loop. Both run with
 the garbage collector off, as a modeled scenario runs (at SimPy's defaults
 the collector would take almost half the bare replay's speed at 100,000
-vehicles, and flatter the share). Peak memory is read after the timed run.
+vehicles, and flatter the share). Peak memory is read after the first timed
+run, the first thing the child does.
 
-    python bench/fleet_scale.py [--sizes 100000 1000000] [--seed 0] [--json]
+With ``--repeat N`` (3 by default), the child then runs the scenario and the
+bare replay N - 1 times more, in turns, and reports the median wall time,
+bare time and share, and each pair: the speed of a shared machine drifts
+from minute to minute, by more than a few percent.
+
+    python bench/fleet_scale.py [--sizes 100000 1000000] [--seed 0] [--repeat 3] [--json]
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import argparse
 import gc
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -139,44 +146,44 @@ def bare_replay(made: int, owners: array[int], values: array[float]) -> tuple[fl
     return took, processed(env)
 
 
-def child(size: int, seed: int) -> dict[str, Any]:
-    """Run one size; return its figures."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+def fleet_run(size: int, seed: int, env: simpy.Environment) -> tuple[float, Any]:
+    """Run the scenario in ``env`` as ``hil scenario run fleet`` runs it; return (seconds, run)."""
     from scenarios.core import execute
     from scenarios.registry import get_scenario, make_params
 
     scenario = get_scenario("fleet")
     params = make_params(scenario, {"vehicles": size, "on_pause": "resume", "expect": "any"})
-    counted = simpy.Environment()
     with tempfile.TemporaryDirectory() as directory:
         began = time.perf_counter()
         run = execute(
-            scenario,
-            params,
-            seed=seed,
-            directory=Path(directory),
-            keep_log=False,
-            environment=counted,
+            scenario, params, seed=seed, directory=Path(directory), keep_log=False, environment=env
         )
-        wall = time.perf_counter() - began
+        return time.perf_counter() - began, run
+
+
+def child(size: int, seed: int, repeat: int = 1) -> dict[str, Any]:
+    """Run one size ``repeat`` times beside the bare replay; return its figures.
+
+    The first timed run comes first in the process, so that the peak memory
+    read after it is the scenario's own. Further pairs (the scenario, then
+    the bare replay) follow one another, so that each share compares two
+    runs made close in time: on a shared machine, speed drifts from minute
+    to minute. The figures are the medians, the spread is reported.
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    counted = simpy.Environment()
+    wall, run = fleet_run(size, seed, counted)
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
     figures = {k: v for k, v in run.figures.items() if not isinstance(v, dict)}
     calls = run.figures.get("backend calls", {})
     passed, error, digest = run.passed, run.error, run.log.digest()
-    del run
+    events = processed(counted)
+    del run, counted
     gc.collect()
 
     recording = RecordingEnvironment()
-    with tempfile.TemporaryDirectory() as directory:
-        again = execute(
-            scenario,
-            params,
-            seed=seed,
-            directory=Path(directory),
-            keep_log=False,
-            environment=recording,
-        )
-    events, recorded = processed(counted), processed(recording)
+    _, again = fleet_run(size, seed, recording)
+    recorded = processed(recording)
     if again.log.digest() != digest or recorded != events:
         raise SystemExit(
             f"the recording run differs from the timed run: {recorded} events, "
@@ -184,20 +191,41 @@ def child(size: int, seed: int) -> dict[str, Any]:
         )
     del again
     gc.collect()
-    bare_s, bare_events = bare_replay(recording.made, recording.owners, recording.values)
-    if bare_events != events:
-        raise SystemExit(f"the bare replay processed {bare_events} events, the scenario {events}")
+    walls, bares = [wall], []
+    while True:
+        bare_s, bare_events = bare_replay(recording.made, recording.owners, recording.values)
+        if bare_events != events:
+            raise SystemExit(
+                f"the bare replay processed {bare_events} events, the scenario {events}"
+            )
+        bares.append(bare_s)
+        if len(walls) == repeat:
+            break
+        gc.collect()
+        env = simpy.Environment()
+        wall, run = fleet_run(size, seed, env)
+        if run.log.digest() != digest or processed(env) != events:
+            raise SystemExit("a repeated run differs from the first one")
+        walls.append(wall)
+        del run, env
+        gc.collect()
+    shares = [bare / wall for bare, wall in zip(bares, walls, strict=True)]
+    wall, bare_s = statistics.median(walls), statistics.median(bares)
     return {
         "vehicles": size,
         "passed": passed,
         "error": error,
         "wall_s": wall,
+        "walls_s": walls,
         "events": events,
         "events_per_s": events / wall,
         "peak_gib": peak_gib,
         "bare_s": bare_s,
-        "bare_events": bare_events,
-        "bare_events_per_s": bare_events / bare_s,
+        "bares_s": bares,
+        "bare_events": events,
+        "bare_events_per_s": events / bare_s,
+        "share": statistics.median(shares),
+        "shares": shares,
         "digest": digest,
         "figures": figures,
         "calls": calls,
@@ -208,16 +236,33 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="timed runs per size, each beside a bare replay; medians are reported (default 3)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     if args.child:
-        print(json.dumps(child(args.child, args.seed)))
+        print(json.dumps(child(args.child, args.seed, args.repeat)))
         return 0
     results = []
     for size in args.sizes:
         done = subprocess.run(
-            [sys.executable, __file__, "--child", str(size), "--seed", str(args.seed)],
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                str(size),
+                "--seed",
+                str(args.seed),
+                "--repeat",
+                str(args.repeat),
+            ],
             capture_output=True,
             text=True,
         )
@@ -232,7 +277,8 @@ def main() -> int:
         return 0
     print(
         f"fleet scenario, seed {args.seed}, on_pause=resume; "
-        "baseline: bare SimPy replay of the same events; garbage collector off in both"
+        "baseline: bare SimPy replay of the same events; garbage collector off in both; "
+        f"median of {args.repeat} run(s) each"
     )
     header = (
         f"{'vehicles':>10} {'wall s':>8} {'events':>10} {'events/s':>10} "
@@ -240,7 +286,7 @@ def main() -> int:
     )
     print(header)
     for r in results:
-        share = r["events_per_s"] / r["bare_events_per_s"]
+        share = r["share"]
         print(
             f"{r['vehicles']:>10,} {r['wall_s']:>8.1f} "
             f"{r['events']:>10,} "
@@ -257,6 +303,12 @@ def main() -> int:
             f"bare replay {r['bare_s']:.1f} s for {r['bare_events']:,} events; "
             f"log sha256:{r['digest'][:16]}"
         )
+        if len(r["shares"]) > 1:
+            pairs = "; ".join(
+                f"{wall:.1f} s / {bare:.1f} s = {bare / wall:.1%}"
+                for wall, bare in zip(r["walls_s"], r["bares_s"], strict=True)
+            )
+            print(f"    runs (scenario / bare, in order): {pairs}")
     return 0
 
 

@@ -764,7 +764,7 @@ class FleetWorld:
             # (the fleet's own VINs need no request validation).
             stats.calls["check-in"] += 1
             stats.load_per_minute[int(env._now // MINUTE)] += 1
-            offers = check_in(car.vin, state=None, ecus=None)
+            offers = check_in(car.vin)
             if not offers:
                 car.awake = False
                 return

@@ -89,3 +89,17 @@ def test_a_small_fleet_and_its_replay_process_the_same_events(fleet_scale: Modul
     assert figures["events"] > 400
     assert figures["bare_events"] == figures["events"]
     assert figures["figures"]["targets"] > 0
+
+
+def test_repeated_runs_are_paired_with_replays_and_reported_by_their_median(
+    fleet_scale: ModuleType,
+) -> None:
+    figures = fleet_scale.child(400, 3, repeat=3)
+
+    assert figures["passed"], figures["error"]
+    assert len(figures["walls_s"]) == len(figures["bares_s"]) == len(figures["shares"]) == 3
+    pairs = list(zip(figures["walls_s"], figures["bares_s"], strict=True))
+    assert figures["shares"] == [bare / wall for wall, bare in pairs]
+    assert figures["share"] == sorted(figures["shares"])[1]
+    assert figures["wall_s"] == sorted(figures["walls_s"])[1]
+    assert figures["events_per_s"] == figures["events"] / figures["wall_s"]
