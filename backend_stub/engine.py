@@ -48,6 +48,7 @@ virtual time.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -147,12 +148,14 @@ class ReportOutcome:
     campaign: Campaign
 
 
-# Made once or more per vehicle report (key, campaign_key, at, kind, vin,
-# action_state, campaign_state, detail; action, duplicate, campaign).
+# Made once or more per vehicle report or check-in (key, campaign_key, at,
+# kind, vin, action_state, campaign_state, detail; action, duplicate, campaign;
+# action, campaign).
 _new_event: Callable[
     [int, int, float, str, str, ActionState | None, CampaignState, str], CampaignEvent
 ] = maker(CampaignEvent)
 _new_outcome: Callable[[Action, bool, Campaign], ReportOutcome] = maker(ReportOutcome)
+_new_offer: Callable[[Action, Campaign], Offer] = maker(Offer)
 
 
 def split_waves(total: int, waves: Sequence[WaveSpec]) -> list[int]:
@@ -524,9 +527,14 @@ class CampaignEngine:
                     found = tx.get_campaign(action.campaign_key)
                     assert found is not None
                     campaigns[action.campaign_key] = found
-            active = [a for a in actions if a.state in ACTIVE_ACTION_STATES]
+            # A loop rather than a comprehension, which is a call of its own
+            # in this Python: every check-in with work comes here.
+            active = []
+            for action in actions:
+                if action.state in ACTIVE_ACTION_STATES:
+                    active.append(_new_offer(action, campaigns[action.campaign_key]))
             if active:
-                return [Offer(a, campaigns[a.campaign_key]) for a in active]
+                return active
             for action in actions:
                 campaign = campaigns[action.campaign_key]
                 if campaign.state is not _RUNNING:
@@ -553,7 +561,7 @@ class CampaignEngine:
                             f"attempt {notified.attempts}",
                         )
                     )
-                    return [Offer(notified, campaign)]
+                    return [_new_offer(notified, campaign)]
             return []
 
         return self.store.run(work)
@@ -584,89 +592,88 @@ class CampaignEngine:
         if not 0 <= report.progress_pct <= 100:
             raise InvalidArgument("progress_pct must be between 0 and 100")
         key = lookup_id("dep", report.deployment_id, "deployment_id")
+        # A bound method and its arguments rather than a closure: a closure
+        # makes a cell per variable it shares, and every vehicle report runs
+        # this transaction.
+        return self.store.run(functools.partial(self._apply_report, report, key))
+
+    def _apply_report(self, report: DeploymentReport, key: int, tx: Tx) -> ReportOutcome:
+        """Apply ``report`` to the action with ``key`` in ``tx``: :meth:`report`'s transaction."""
         state = report.state
         # What the vehicle said beyond the state goes to the event log.
         said = bool(report.detail or report.ecu_progress)
-
-        def work(tx: Tx) -> ReportOutcome:
+        action = tx.get_action(key)
+        if action is None:
+            raise NotFound(f"deployment {report.deployment_id} does not exist")
+        if action.vin != report.vin:
+            raise PermissionDenied(f"deployment {report.deployment_id} belongs to another vehicle")
+        # Serialise with the campaign's other writers before judging the
+        # action, so that wave decisions see every committed outcome.
+        # (``_locked``, inlined: every vehicle report takes this path.)
+        campaign = tx.get_campaign(action.campaign_key, lock=True)
+        if not tx.serialised:
             action = tx.get_action(key)
-            if action is None:
-                raise NotFound(f"deployment {report.deployment_id} does not exist")
-            if action.vin != report.vin:
-                raise PermissionDenied(
-                    f"deployment {report.deployment_id} belongs to another vehicle"
-                )
-            # Serialise with the campaign's other writers before judging the
-            # action, so that wave decisions see every committed outcome.
-            # (``_locked``, inlined: every vehicle report takes this path.)
-            campaign = tx.get_campaign(action.campaign_key, lock=True)
-            if not tx.serialised:
-                action = tx.get_action(key)
-            assert campaign is not None and action is not None
-            now = self.clock()
-            if not tx.claim_report(report.report_id, at=now):
-                return _new_outcome(action, True, campaign)
-            if report.inventory:
-                tx.touch_vehicle(report.vin, at=now, state=None, ecus=report.inventory)
-            current = action.state
-            if current is _CANCELED:
-                raise FailedPrecondition(
-                    f"deployment {report.deployment_id} was canceled: stop working on it"
-                )
-            if state is current and current not in TERMINAL_ACTION_STATES:
-                progressed = action.advanced(
-                    current,
-                    now,
-                    action.attempts,
-                    report.progress_pct,
-                    action.failure_step,
-                    action.failure_reason,
-                )
-                tx.update_action(progressed, expected=current)
-                if said:
-                    self._report_event(tx, campaign, report)
-                return _new_outcome(progressed, False, campaign)
-            if state not in ACTION_TRANSITIONS[current]:
-                raise FailedPrecondition(
-                    f"deployment {report.deployment_id} is {current.value}; "
-                    f"it cannot become {state.value}"
-                )
-            final: Action | None
-            if state in TERMINAL_ACTION_STATES:
-                campaign = self._finish(
-                    tx,
-                    campaign,
-                    action,
-                    state,
-                    report.failure_step,
-                    report.failure_reason,
-                    progress_pct=report.progress_pct,
-                )
-                final = None  # ended, or made pending again for a retry: read it back
-            else:
-                moved = action.advanced(
-                    state,
-                    now,
-                    action.attempts,
-                    report.progress_pct,
-                    action.failure_step,
-                    action.failure_reason,
-                )
-                final = moved if tx.update_action(moved, expected=current) else None
-                # ``_event``, written out: every report that moves an action logs it.
-                tx.add_event(
-                    _new_event(
-                        0, campaign.key, now, "action", action.vin, state, campaign.state, ""
-                    )
-                )
+        assert campaign is not None and action is not None
+        now = self.clock()
+        if not tx.claim_report(report.report_id, at=now):
+            return _new_outcome(action, True, campaign)
+        if report.inventory:
+            tx.touch_vehicle(report.vin, at=now, state=None, ecus=report.inventory)
+        current = action.state
+        if current is _CANCELED:
+            raise FailedPrecondition(
+                f"deployment {report.deployment_id} was canceled: stop working on it"
+            )
+        if state is current and current not in TERMINAL_ACTION_STATES:
+            progressed = action.advanced(
+                current,
+                now,
+                action.attempts,
+                report.progress_pct,
+                action.failure_step,
+                action.failure_reason,
+            )
+            tx.update_action(progressed, expected=current)
             if said:
                 self._report_event(tx, campaign, report)
-            if final is None:
-                final = tx.get_action(key)
-                assert final is not None
-            return _new_outcome(final, False, campaign)
-
-        return self.store.run(work)
+            return _new_outcome(progressed, False, campaign)
+        if state not in ACTION_TRANSITIONS[current]:
+            raise FailedPrecondition(
+                f"deployment {report.deployment_id} is {current.value}; "
+                f"it cannot become {state.value}"
+            )
+        final: Action | None
+        if state in TERMINAL_ACTION_STATES:
+            campaign = self._finish(
+                tx,
+                campaign,
+                action,
+                state,
+                report.failure_step,
+                report.failure_reason,
+                progress_pct=report.progress_pct,
+            )
+            final = None  # ended, or made pending again for a retry: read it back
+        else:
+            moved = action.advanced(
+                state,
+                now,
+                action.attempts,
+                report.progress_pct,
+                action.failure_step,
+                action.failure_reason,
+            )
+            final = moved if tx.update_action(moved, expected=current) else None
+            # ``_event``, written out: every report that moves an action logs it.
+            tx.add_event(
+                _new_event(0, campaign.key, now, "action", action.vin, state, campaign.state, "")
+            )
+        if said:
+            self._report_event(tx, campaign, report)
+        if final is None:
+            final = tx.get_action(key)
+            assert final is not None
+        return _new_outcome(final, False, campaign)
 
     # ---------------------------------------------------------------- internals
     def _campaign(self, tx: Tx, campaign_id: str, *, lock: bool = False) -> Campaign:
