@@ -282,7 +282,7 @@ def main() -> int:
     )
     header = (
         f"{'vehicles':>10} {'wall s':>8} {'events':>10} {'events/s':>10} "
-        f"{'bare/s':>10} {'share':>6} {'peak GiB':>9} {'checks':>7}"
+        f"{'bare/s':>10} {'share':>7} {'peak GiB':>9} {'checks':>7}"
     )
     print(header)
     for r in results:
@@ -290,7 +290,7 @@ def main() -> int:
         print(
             f"{r['vehicles']:>10,} {r['wall_s']:>8.1f} "
             f"{r['events']:>10,} "
-            f"{r['events_per_s']:>10,.0f} {r['bare_events_per_s']:>10,.0f} {share:>6.0%} "
+            f"{r['events_per_s']:>10,.0f} {r['bare_events_per_s']:>10,.0f} {share:>7.1%} "
             f"{r['peak_gib']:>9.2f} {'held' if r['passed'] else 'FAILED':>7}"
         )
     for r in results:
