@@ -7,7 +7,7 @@ same seed give the same ids.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Literal, TypeVar, dataclass_transform
@@ -307,6 +307,26 @@ class Vehicle:
     last_seen_at: float = 0.0
     checkins: int = 0
     telemetry: dict[str, float] = field(default_factory=dict)
+
+    def touched(self, at: float, state: str | None, ecus: Sequence[EcuInfo] | None) -> Vehicle:
+        """Return a copy as a check-in leaves it: seen at ``at``, one check-in more.
+
+        ``state`` and ``ecus`` replace the vehicle's own unless ``None``. The
+        slots are filled here, as :meth:`Action.advanced` does: every check-in
+        of a fleet makes one.
+        """
+        new: Any = _new_object(Vehicle)
+        new.vin = self.vin
+        new.model = self.model
+        new.tags = self.tags
+        new.ecus = self.ecus if ecus is None else tuple(ecus)
+        new.state = self.state if state is None else state
+        new.registered_at = self.registered_at
+        new.last_seen_at = at
+        new.checkins = self.checkins + 1
+        new.telemetry = self.telemetry
+        made: Vehicle = new
+        return made
 
 
 @record

@@ -276,7 +276,6 @@ def test_duplicate_report_is_applied_once(engine, store):
 
 def test_positional_copies_keep_every_field_in_its_place():
     from backend_stub.model import Action, EcuInfo, Vehicle, copy_with
-    from backend_stub.store.memory import _touched
 
     action = Action(1, 2, vin(3), 4, ActionState.INSTALLING, 5.0, 6, 7, "step", "reason")
     assert action.advanced(ActionState.FAILED, 8.0, 9, 10, "s2", "r2") == copy_with(
@@ -292,10 +291,10 @@ def test_positional_copies_keep_every_field_in_its_place():
     )
     car = Vehicle(vin(1), "m", ("t",), (EcuInfo("ecm"),), "parked", 1.0, 2.0, 3, {"v": 1.0})
     ecus = [EcuInfo("bms")]
-    assert _touched(car, 9.0, "driving", ecus) == copy_with(
+    assert car.touched(9.0, "driving", ecus) == copy_with(
         car, {"last_seen_at": 9.0, "checkins": 4, "state": "driving", "ecus": tuple(ecus)}
     )
-    assert _touched(car, 9.0, None, None) == copy_with(car, {"last_seen_at": 9.0, "checkins": 4})
+    assert car.touched(9.0, None, None) == copy_with(car, {"last_seen_at": 9.0, "checkins": 4})
 
 
 def test_copy_with_refuses_a_field_the_record_does_not_have():

@@ -32,7 +32,6 @@ from backend_stub.model import (
     Vehicle,
     VehicleFilter,
     copy_with,
-    maker,
 )
 
 T = TypeVar("T")
@@ -44,32 +43,6 @@ _EVERY_VEHICLE = VehicleFilter()
 # per entry, and a fleet pushes millions of them.
 _dict_set = dict.__setitem__
 _set_discard = set.discard
-
-
-# Every check-in makes one (vin, model, tags, ecus, state, registered_at,
-# last_seen_at, checkins, telemetry).
-_new_vehicle: Callable[
-    [str, str, tuple[str, ...], tuple[EcuInfo, ...], str, float, float, int, dict[str, float]],
-    Vehicle,
-] = maker(Vehicle)
-
-
-def _touched(
-    vehicle: Vehicle, at: float, state: str | None, ecus: Sequence[EcuInfo] | None
-) -> Vehicle:
-    # Positional, in field order: every check-in makes one, and ``copy_with``
-    # costs three times as much.
-    return _new_vehicle(
-        vehicle.vin,
-        vehicle.model,
-        vehicle.tags,
-        vehicle.ecus if ecus is None else tuple(ecus),
-        vehicle.state if state is None else state,
-        vehicle.registered_at,
-        at,
-        vehicle.checkins + 1,
-        vehicle.telemetry,
-    )
 
 
 class _History:
@@ -212,7 +185,7 @@ class _MemoryTx:
         # ``_set``, written out for a key known to be there: every final report
         # touches its vehicle.
         self._undo.append((_dict_set, vehicles, vin, vehicle))
-        vehicles[vin] = _touched(vehicle, at, state, ecus)
+        vehicles[vin] = vehicle.touched(at, state, ecus)
         return True
 
     def set_telemetry(self, vin: str, values: Mapping[str, float], at: float) -> bool:
@@ -589,7 +562,7 @@ class MemoryStore:
             vehicle = self.vehicles.get(vin)
             if vehicle is None:
                 return False, False
-            self.vehicles[vin] = _touched(vehicle, at, state, ecus)
+            self.vehicles[vin] = vehicle.touched(at, state, ecus)
             actions = self.actions
             for key in self.by_vin.get(vin, ()):
                 if actions[key].state in UNFINISHED_STATES:
