@@ -165,10 +165,11 @@ def child(size: int, seed: int, repeat: int = 1) -> dict[str, Any]:
     """Run one size ``repeat`` times beside the bare replay; return its figures.
 
     The first timed run comes first in the process, so that the peak memory
-    read after it is the scenario's own. Further pairs (the scenario, then
-    the bare replay) follow one another, so that each share compares two
-    runs made close in time: on a shared machine, speed drifts from minute
-    to minute. The figures are the medians, the spread is reported.
+    read after it is the scenario's own; its bare replay follows the
+    recording run. Further pairs (the scenario, then the bare replay) follow
+    one another, so that each share compares two runs made close in time: on
+    a shared machine, speed drifts from minute to minute. The figures are the
+    medians, the spread is reported.
     """
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     counted = simpy.Environment()
