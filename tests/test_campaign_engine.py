@@ -890,6 +890,64 @@ def test_wave_counts_list_states_present_and_a_rollback_puts_them_back(engine, s
     assert store.run(lambda tx: tx.count_actions()) == {ActionState.SCHEDULED: 2}
 
 
+def test_move_from_several_states_across_waves_counts_and_rolls_back(engine, store):
+    campaign = make(engine, store, n=6, waves=(WaveSpec(count=2), WaveSpec(count=2)))
+    keys = all_keys(store, campaign)
+
+    def prepare(tx):
+        # Wave 0 pending, one of its actions notified; wave 1 pending; wave 2 scheduled.
+        for wave in (0, 1):
+            tx.move_actions(
+                campaign.key,
+                wave=wave,
+                states=(ActionState.SCHEDULED,),
+                to=ActionState.PENDING,
+                at=1.0,
+            )
+        first = tx.get_action(keys[0])
+        notified = first.advanced(ActionState.NOTIFIED, 2.0, 1, 0, "", "")
+        assert tx.update_action(notified, expected=ActionState.PENDING)
+
+    store.run(prepare)
+    before_counts = store.run(lambda tx: tx.wave_counts(campaign.key))
+    before_actions = store.run(lambda tx: tx.list_actions(campaign.key, limit=100))
+    assert before_counts == {
+        0: {ActionState.PENDING: 1, ActionState.NOTIFIED: 1},
+        1: {ActionState.PENDING: 2},
+        2: {ActionState.SCHEDULED: 2},
+    }
+    cancelable = (ActionState.SCHEDULED, ActionState.PENDING, ActionState.NOTIFIED)
+
+    def cancel(tx, limit=None):
+        return tx.move_actions(
+            campaign.key, wave=None, states=cancelable, to=ActionState.CANCELED, at=3.0, limit=limit
+        )
+
+    class Boom(Exception):
+        pass
+
+    def canceled_then_failed(tx):
+        assert cancel(tx) == 6
+        assert tx.wave_counts(campaign.key) == {w: {ActionState.CANCELED: 2} for w in range(3)}
+        raise Boom
+
+    with pytest.raises(Boom):
+        store.run(canceled_then_failed)
+    assert store.run(lambda tx: tx.wave_counts(campaign.key)) == before_counts
+    assert store.run(lambda tx: tx.list_actions(campaign.key, limit=100)) == before_actions
+    # A bounded move across waves stops at its limit, lowest keys first.
+    assert store.run(lambda tx: cancel(tx, limit=3)) == 3
+    assert store.run(lambda tx: tx.wave_counts(campaign.key)) == {
+        0: {ActionState.CANCELED: 2},
+        1: {ActionState.CANCELED: 1, ActionState.PENDING: 1},
+        2: {ActionState.SCHEDULED: 2},
+    }
+    moved = store.run(lambda tx: tx.list_actions(campaign.key, limit=100))
+    assert [a.key for a in moved if a.state is ActionState.CANCELED] == keys[:3]
+    assert all(a.updated_at == 3.0 for a in moved[:3])
+    assert moved[0].attempts == 1  # what the move does not change, it keeps
+
+
 def test_memory_bounded_move_is_amortised():
     from backend_stub.store import MemoryStore
 

@@ -81,6 +81,19 @@ def _unmove(
         del counts[entered]
 
 
+def _put_back(
+    actions: dict[int, Action],
+    replaced: list[Action],
+    counts: dict[ActionState, int],
+    before: dict[ActionState, int],
+) -> None:
+    """Undo a batch move: put back the actions it ``replaced``, and the wave's counts ``before``."""
+    for action in replaced:
+        actions[action.key] = action
+    counts.clear()
+    counts.update(before)
+
+
 def _recount(counts: dict[ActionState, int], state: ActionState, number: int) -> None:
     """Put a wave's count of ``state`` back to ``number`` (the undo of a change to it)."""
     if number:
@@ -375,8 +388,10 @@ class _MemoryTx:
         # state) and leaves the cursor where it stopped.
         scheduled_only = len(states) == 1 and ActionState.SCHEDULED in states
         moved = 0
+        actions = self._s.actions
         for index in waves:
-            if limit is not None and moved >= limit:
+            room = len(actions) if limit is None else limit - moved
+            if room <= 0:
                 break
             counts = self._s.counts[campaign_key][index]
             if not any(counts.get(s, 0) for s in states):
@@ -384,23 +399,39 @@ class _MemoryTx:
             keys = self._s.by_wave.get((campaign_key, index), [])
             cursor_key = (campaign_key, index)
             start = self._s.cursors.get(cursor_key, 0) if scheduled_only else 0
-            position = start
-            while position < len(keys) and (limit is None or moved < limit):
-                action = self._s.actions[keys[position]]
+            # Written as one batch rather than through ``update_action``: one undo
+            # entry and one change of the counts per wave, not per action (a wave
+            # of a fleet moves hundreds of thousands at its start). The undo goes
+            # first and ``replaced`` fills in under it, so that a move stopped
+            # halfway (an interrupt) is undone as far as it went.
+            replaced: list[Action] = []
+            self._undo.append((_put_back, actions, replaced, counts, dict(counts)))
+            left: dict[ActionState, int] = {}
+            position, end = start, len(keys)
+            while position < end and len(replaced) < room:
+                action = actions[keys[position]]
                 position += 1
-                if action.state in states and action.state is not to:
-                    self.update_action(
-                        action.advanced(
-                            to,
-                            at,
-                            action.attempts,
-                            action.progress_pct,
-                            action.failure_step,
-                            action.failure_reason,
-                        ),
-                        expected=action.state,
+                state = action.state
+                if state in states and state is not to:
+                    actions[action.key] = action.advanced(
+                        to,
+                        at,
+                        action.attempts,
+                        action.progress_pct,
+                        action.failure_step,
+                        action.failure_reason,
                     )
-                    moved += 1
+                    replaced.append(action)
+                    left[state] = left.get(state, 0) + 1
+            for state, number in left.items():
+                remaining = counts[state] - number
+                if remaining:
+                    counts[state] = remaining
+                else:
+                    del counts[state]
+            if replaced:
+                counts[to] = counts.get(to, 0) + len(replaced)
+                moved += len(replaced)
             if scheduled_only and position != start:
                 self._set(self._s.cursors, cursor_key, position)
         return moved
