@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import Field
 
-from scenarios.core import LogEntry, Scenario, ScenarioParams, Span, execute
+from scenarios.core import EventLog, LogEntry, Scenario, ScenarioParams, Span, execute
 from scenarios.report import MAX_LOG_ROWS, summary_lines, write_report
 
 HOSTILE = "<script>alert('x')</script> & \"quotes\""
@@ -152,6 +152,24 @@ def test_a_run_without_its_log_entries_keeps_count_and_digest(tmp_path):
         "entries": [],
     }
     assert "kept only the count and the digest" in files.html.read_text(encoding="utf-8")
+
+
+def test_rows_added_in_bulk_fingerprint_as_single_entries_do():
+    # Enough rows to cross the bulk path's chunks, between single entries.
+    rows = [(i / 7.0, "action", f"VIN{i} succeeded" if i % 3 else "") for i in range(9000)]
+    expected = hashlib.sha256()
+    lines = [LogEntry(0.5, "scenario", "started", "fleet").line()]
+    lines += [LogEntry(at, "backend", kind, detail).line() for at, kind, detail in rows]
+    lines.append(LogEntry(1e6 + 0.25, "scenario", "finished").line())
+    expected.update("".join(lines).encode())
+    for keep in (True, False):
+        log = EventLog(keep=keep)
+        log.add(0.5, "scenario", "started", "fleet")
+        log.add_rows("backend", iter(rows))
+        log.add(1e6 + 0.25, "scenario", "finished")
+        assert log.count == len(lines)
+        assert log.digest() == expected.hexdigest()
+        assert len(log.entries) == (len(lines) if keep else 0)
 
 
 def test_html_shows_checks_figures_plots_and_attachments(tmp_path):
