@@ -161,7 +161,7 @@ def fleet_run(size: int, seed: int, env: simpy.Environment) -> tuple[float, Any]
         return time.perf_counter() - began, run
 
 
-def child(size: int, seed: int, repeat: int = 1) -> dict[str, Any]:
+def child(size: int, seed: int, repeat: int) -> dict[str, Any]:
     """Run one size ``repeat`` times beside the bare replay; return its figures.
 
     The first timed run comes first in the process, so that the peak memory

@@ -83,7 +83,7 @@ def test_a_process_made_outside_any_process_after_the_start_is_refused(
 
 
 def test_a_small_fleet_and_its_replay_process_the_same_events(fleet_scale: ModuleType) -> None:
-    figures = fleet_scale.child(400, 3)
+    figures = fleet_scale.child(400, 3, repeat=1)
 
     assert figures["passed"], figures["error"]
     assert figures["events"] > 400
