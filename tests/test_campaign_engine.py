@@ -927,8 +927,19 @@ def test_move_from_several_states_across_waves_counts_and_rolls_back(engine, sto
         pass
 
     def canceled_then_failed(tx):
+        # Single updates before and after the batch, undone with it in reverse order.
+        pending = tx.get_action(keys[1])
+        assert tx.update_action(
+            pending.advanced(ActionState.NOTIFIED, 2.5, 1, 0, "", ""),
+            expected=ActionState.PENDING,
+        )
         assert cancel(tx) == 6
         assert tx.wave_counts(campaign.key) == {w: {ActionState.CANCELED: 2} for w in range(3)}
+        again = tx.get_action(keys[0])
+        assert tx.update_action(
+            again.advanced(ActionState.CANCELED, 4.0, 7, 0, "", ""),
+            expected=ActionState.CANCELED,
+        )
         raise Boom
 
     with pytest.raises(Boom):

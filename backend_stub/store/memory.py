@@ -413,6 +413,7 @@ class _MemoryTx:
                 position += 1
                 state = action.state
                 if state in states and state is not to:
+                    replaced.append(action)  # before the write, which it undoes
                     actions[action.key] = action.advanced(
                         to,
                         at,
@@ -421,7 +422,6 @@ class _MemoryTx:
                         action.failure_step,
                         action.failure_reason,
                     )
-                    replaced.append(action)
                     left[state] = left.get(state, 0) + 1
             for state, number in left.items():
                 remaining = counts[state] - number
