@@ -424,11 +424,7 @@ class _MemoryTx:
                     )
                     left[state] = left.get(state, 0) + 1
             for state, number in left.items():
-                remaining = counts[state] - number
-                if remaining:
-                    counts[state] = remaining
-                else:
-                    del counts[state]
+                _recount(counts, state, counts[state] - number)
             if replaced:
                 counts[to] = counts.get(to, 0) + len(replaced)
                 moved += len(replaced)
