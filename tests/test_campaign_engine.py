@@ -628,6 +628,18 @@ def all_keys(store, campaign):
     return [a.key for a in store.run(lambda tx: tx.list_actions(campaign.key, limit=10_000))]
 
 
+def release(campaign, limit, *, wave=None):
+    """A transaction making up to ``limit`` SCHEDULED actions PENDING, lowest keys first."""
+    return lambda tx: tx.move_actions(
+        campaign.key,
+        wave=wave,
+        states=(ActionState.SCHEDULED,),
+        to=ActionState.PENDING,
+        at=5.0,
+        limit=limit,
+    )
+
+
 def test_rate_releases_at_the_base_rate_lowest_keys_first(engine, store, clock):
     campaign = make(engine, store, n=40, waves=(), rollout_rate=RolloutRate(60))
     cid = campaign.campaign_id
@@ -827,14 +839,7 @@ def test_bounded_move_takes_lowest_keys_and_rolls_back_cleanly(engine, store):
     keys = all_keys(store, campaign)
 
     def move(limit, wave=0):
-        return lambda tx: tx.move_actions(
-            campaign.key,
-            wave=wave,
-            states=(ActionState.SCHEDULED,),
-            to=ActionState.PENDING,
-            at=5.0,
-            limit=limit,
-        )
+        return release(campaign, limit, wave=wave)
 
     assert store.run(move(2)) == 2
     cursors = dict(getattr(store, "cursors", {}))
@@ -957,6 +962,88 @@ def test_move_from_several_states_across_waves_counts_and_rolls_back(engine, sto
     assert [a.key for a in moved if a.state is ActionState.CANCELED] == keys[:3]
     assert all(a.updated_at == 3.0 for a in moved[:3])
     assert moved[0].attempts == 1  # what the move does not change, it keeps
+
+
+def test_a_move_into_a_state_it_is_asked_to_move_from_leaves_those_actions_alone(engine, store):
+    campaign = make(engine, store, n=6, waves=(WaveSpec(count=2), WaveSpec(count=2)))
+    keys = all_keys(store, campaign)
+
+    def move(states, to, *, wave=None, limit=None):
+        return lambda tx: tx.move_actions(
+            campaign.key, wave=wave, states=states, to=to, at=2.0, limit=limit
+        )
+
+    scheduled = (ActionState.SCHEDULED,)
+    # Nothing moves, and nothing is left behind for the next move to skip.
+    assert store.run(move(scheduled, ActionState.SCHEDULED)) == 0
+    assert store.run(move(scheduled, ActionState.SCHEDULED, wave=0, limit=1)) == 0
+    assert store.run(move(scheduled, ActionState.PENDING, wave=0)) == 2
+    assert pending_keys(store, campaign) == keys[:2]
+    # Only the actions in the other states count against the limit and in the result.
+    both = (ActionState.PENDING, ActionState.CANCELED)
+    assert store.run(move((ActionState.PENDING,), ActionState.CANCELED, limit=1)) == 1
+    assert store.run(move(both, ActionState.CANCELED, limit=1)) == 1
+    assert store.run(move(both, ActionState.CANCELED)) == 0
+    assert store.run(lambda tx: tx.wave_counts(campaign.key)) == {
+        0: {ActionState.CANCELED: 2},
+        1: {ActionState.SCHEDULED: 2},
+        2: {ActionState.SCHEDULED: 2},
+    }
+
+
+def test_a_bounded_move_that_ends_at_a_wave_end_goes_on_in_the_next_wave(engine, store):
+    campaign = make(engine, store, n=6, waves=(WaveSpec(count=2), WaveSpec(count=2)))
+    keys = all_keys(store, campaign)
+
+    assert store.run(release(campaign, 2)) == 2  # exactly wave 0
+    assert pending_keys(store, campaign) == keys[:2]
+    assert store.run(release(campaign, 2)) == 2  # exactly wave 1
+    assert pending_keys(store, campaign) == keys[:4]
+    assert store.run(release(campaign, 5)) == 2  # what is left
+    assert store.run(release(campaign, 5)) == 0
+    assert pending_keys(store, campaign) == keys
+    assert store.run(lambda tx: tx.wave_counts(campaign.key)) == {
+        w: {ActionState.PENDING: 2} for w in range(3)
+    }
+
+
+def test_the_memory_store_runs_one_transaction_at_a_time_as_it_says(tmp_path):
+    import threading
+
+    from backend_stub.store import MemoryStore
+    from backend_stub.store.sql import SqlStore, sqlite_url
+
+    store = MemoryStore()
+    inside = threading.Event()
+    leave = threading.Event()
+    order: list[str] = []
+    said: list[bool] = []
+
+    def slow(tx):
+        order.append("first in")
+        inside.set()
+        assert leave.wait(10)
+        order.append("first out")
+        return tx.serialised
+
+    first = threading.Thread(target=lambda: said.append(store.run(slow)))
+    first.start()
+    assert inside.wait(10)
+    second = threading.Thread(target=lambda: store.run(lambda tx: order.append("second")))
+    second.start()
+    second.join(0.2)
+    assert second.is_alive()  # held off while the first runs
+    leave.set()
+    first.join(10)
+    second.join(10)
+    assert order == ["first in", "first out", "second"]
+    assert said == [True]
+    # The SQL store's transactions run side by side: the engine reads again after a lock.
+    sql = SqlStore(sqlite_url(tmp_path))
+    try:
+        assert sql.run(lambda tx: tx.serialised, write=False) is False
+    finally:
+        sql.close()
 
 
 def test_memory_bounded_move_is_amortised():

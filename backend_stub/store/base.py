@@ -134,6 +134,7 @@ class Tx(Protocol):
         """Move the actions of a campaign (or one wave) in ``states`` to ``to``; return count.
 
         ``limit`` moves at most that many, lowest keys first (``None``: all).
+        An action already in ``to`` is left as it is, and not counted.
         Moving a wave's SCHEDULED actions costs a store O(moved), not a scan
         of the wave: a rollout rate moves a few at a time from a wave of millions.
         """

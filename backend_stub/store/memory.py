@@ -383,10 +383,15 @@ class _MemoryTx:
     ) -> int:
         campaign = self._s.campaigns[campaign_key]
         waves = range(len(campaign.wave_sizes)) if wave is None else (wave,)
+        # An action already in ``to`` stays as it is, as the SQL store's UPDATE
+        # leaves it out; a tuple, as an enum's hash is a Python call.
+        states = tuple(state for state in states if state is not to)
+        if not states:
+            return 0
         # No action ever becomes SCHEDULED again: a move of SCHEDULED actions
         # starts at the wave's cursor (everything before it has left that
         # state) and leaves the cursor where it stopped.
-        scheduled_only = len(states) == 1 and ActionState.SCHEDULED in states
+        scheduled_only = states == (ActionState.SCHEDULED,)
         moved = 0
         actions = self._s.actions
         for index in waves:
@@ -412,7 +417,7 @@ class _MemoryTx:
                 action = actions[keys[position]]
                 position += 1
                 state = action.state
-                if state in states and state is not to:
+                if state in states:
                     replaced.append(action)  # before the write, which it undoes
                     actions[action.key] = action.advanced(
                         to,
