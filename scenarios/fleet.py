@@ -29,12 +29,11 @@ import math
 import random
 import weakref
 from collections import Counter, defaultdict
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import simpy
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -815,7 +814,46 @@ class FleetWorld:
                 # Installation waits until the vehicle is parked: the end of this trip.
                 if window_end > env._now:
                     yield env.timeout(window_end - env._now)
-                after = yield from self._install(car, group, deployment, tag, number, fate)
+                after = self.report(car, deployment, tag, number, _INSTALLING)
+                if after is not None:
+                    # The release's ECUs flashed in order, here rather than in a
+                    # generator of its own: each step of each vehicle would pass
+                    # through a ``yield from``. ``fate`` draws the failures.
+                    number += 1
+                    flashed = 0
+                    failed = ""  # how the ECU at ``flashed`` failed, if one did
+                    for index, duration in enumerate(group.flash_s):
+                        if fate.random() < group.flash_p[index]:
+                            yield env.timeout(duration * fate.random())
+                            failed = "flash"
+                            break
+                        yield env.timeout(duration)
+                        if fate.random() < group.boot_p[index]:
+                            failed = "boot"
+                            break
+                        flashed += 1
+                    if not failed:
+                        car.ecus = group.new
+                        after = self.report(
+                            car, deployment, tag, number, _SUCCEEDED, inventory=group.new
+                        )
+                    else:
+                        if flashed:
+                            # The ECUs already flashed go back to their previous bank.
+                            yield env.timeout(sum(group.restore_s[:flashed]))
+                        car.ecus = group.old
+                        after = self.report(
+                            car,
+                            deployment,
+                            tag,
+                            number,
+                            ActionState.ROLLED_BACK if flashed else ActionState.FAILED,
+                            step=f"{group.order[flashed]}: {failed}",
+                            reason="the transfer failed and the retries ran out"
+                            if failed == "flash"
+                            else "the new image did not boot",
+                            inventory=group.old,
+                        )
             if after is not _PENDING:
                 car.awake = False
                 return
@@ -860,50 +898,6 @@ class FleetWorld:
         """Draw a cellular bandwidth, for one stretch of a download."""
         return self.rng.lognormvariate(self._bw_mu, self._bw_sigma)
 
-    def _install(
-        self, car: Car, group: _Group, deployment: str, tag: str, number: int, rng: random.Random
-    ) -> Generator[simpy.Event, Any, ActionState | None]:
-        """Flash the release's ECUs in order; ``rng`` draws the failures."""
-        env = self.env
-        if self.report(car, deployment, tag, number, _INSTALLING) is None:
-            return None
-        number += 1
-        flashed = 0
-        for index, duration in enumerate(group.flash_s):
-            failed = rng.random()
-            if failed < group.flash_p[index]:
-                yield env.timeout(duration * rng.random())
-                step = "flash"
-            else:
-                yield env.timeout(duration)
-                if rng.random() < group.boot_p[index]:
-                    step = "boot"
-                else:
-                    flashed += 1
-                    continue
-            ecu = group.order[index]
-            reason = (
-                "the transfer failed and the retries ran out"
-                if step == "flash"
-                else "the new image did not boot"
-            )
-            if flashed:
-                yield env.timeout(sum(group.restore_s[:flashed]))
-            state = ActionState.ROLLED_BACK if flashed else ActionState.FAILED
-            car.ecus = group.old
-            return self.report(
-                car,
-                deployment,
-                tag,
-                number,
-                state,
-                step=f"{ecu}: {step}",
-                reason=reason,
-                inventory=group.old,
-            )
-        car.ecus = group.new
-        return self.report(car, deployment, tag, number, _SUCCEEDED, inventory=group.new)
-
     # ---------------------------------------------------------------- reading
     def backend_events(self) -> list[CampaignEvent]:
         """Return the campaign's backend events, in order (without their keys)."""
@@ -912,7 +906,13 @@ class FleetWorld:
     def log_backend_events(self, source: str = "backend") -> list[CampaignEvent]:
         """Append the campaign's whole backend history to the run's log; return it."""
         events = self.backend_events()
-        self.run.log.add_rows(source, event_rows(events))
+        log = self.run.log
+        if log.keep:
+            log.add_rows(source, ((e.at, e.kind, event_text(e)) for e in events))
+        else:
+            # Chunks, not a list of them all: a million vehicles log millions of events.
+            for start in range(0, len(events), 4096):
+                log.add_lines(event_lines(source, events[start : start + 4096]))
         return events
 
     def action_states(self) -> dict[str, ActionState]:
@@ -991,20 +991,28 @@ def event_text(event: CampaignEvent) -> str:
     return text
 
 
-def event_rows(events: Iterable[CampaignEvent]) -> Iterator[tuple[float, str, str]]:
-    """Yield ``(at, kind, event_text(event))`` for each event, for :meth:`EventLog.add_rows`."""
-    # ``event_text`` written out in one loop: a million-vehicle campaign logs
-    # millions of events at its end. Rows are made as they are hashed, not
-    # all at once (a list of millions would only feed the garbage collector).
-    values: dict[ActionState | None, str] = {state: state.value for state in ActionState}
-    values[None] = ""
-    for event in events:
-        vin, state, detail = event.vin, values[event.action_state], event.detail
-        if vin and state:
-            text = f"{vin} {state} {detail}" if detail else f"{vin} {state}"
-        else:
-            text = " ".join(part for part in (vin, state, detail) if part)
-        yield event.at, event.kind, text
+_STATE_TEXT: dict[ActionState, str] = {state: state.value for state in ActionState}
+
+
+def event_lines(source: str, events: Sequence[CampaignEvent]) -> list[str]:
+    """Return the log lines of ``events`` from ``source``, as :class:`LogEntry` writes them.
+
+    Each line is ``LogEntry(event.at, source, event.kind, event_text(event)).line()``,
+    made in one step for the events of a vehicle's action (nearly all of them):
+    a million-vehicle campaign logs millions of events at its end, when only
+    the log's fingerprint is kept.
+    """
+    state_text = _STATE_TEXT
+    return [
+        (
+            f"{e.at:.6f}\t{source}\t{e.kind}\t{e.vin} {state_text[e.action_state]} {e.detail}\n"
+            if e.detail
+            else f"{e.at:.6f}\t{source}\t{e.kind}\t{e.vin} {state_text[e.action_state]}\n"
+        )
+        if e.vin and e.action_state is not None
+        else f"{e.at:.6f}\t{source}\t{e.kind}\t{event_text(e)}\n"
+        for e in events
+    ]
 
 
 def fleet_vin(index: int) -> str:
@@ -1030,7 +1038,7 @@ __all__ = [
     "ReleaseParams",
     "Tally",
     "Wave",
-    "event_rows",
+    "event_lines",
     "event_text",
     "fleet_vin",
 ]

@@ -172,6 +172,21 @@ def test_rows_added_in_bulk_fingerprint_as_single_entries_do():
         assert len(log.entries) == (len(lines) if keep else 0)
 
 
+def test_lines_added_whole_fingerprint_as_entries_do():
+    entries = [LogEntry(i / 3.0, "backend", "action", f"VIN{i} pending") for i in range(5000)]
+    kept = EventLog(keep=True)
+    kept.add(0.5, "scenario", "started")
+    for entry in entries:
+        kept.add(entry.at, entry.source, entry.kind, entry.detail)
+    dropped = EventLog(keep=False)
+    dropped.add(0.5, "scenario", "started")
+    dropped.add_lines([entry.line() for entry in entries[:4096]])
+    dropped.add_lines([entry.line() for entry in entries[4096:]])
+    assert (dropped.count, dropped.digest()) == (kept.count, kept.digest())
+    with pytest.raises(ValueError, match="keeps its entries"):
+        kept.add_lines([entries[0].line()])
+
+
 def test_html_shows_checks_figures_plots_and_attachments(tmp_path):
     run = run_rich(tmp_path)
     files = write_report(run, run.directory)

@@ -168,14 +168,37 @@ def test_a_modeled_run_leaves_what_its_caller_froze_frozen(tmp_path: Path) -> No
 @pytest.mark.parametrize("vin", ["", "SMFLEET0000000001"])
 @pytest.mark.parametrize("state", [None, "downloading"])
 @pytest.mark.parametrize("detail", ["", "attempt 2"])
-def test_event_rows_say_what_event_text_says(vin: str, state: str | None, detail: str) -> None:
+def test_event_lines_are_the_log_lines_of_event_text(
+    vin: str, state: str | None, detail: str
+) -> None:
     from backend_stub.model import ActionState, CampaignEvent
-    from scenarios.fleet import event_rows, event_text
+    from scenarios.core import LogEntry
+    from scenarios.fleet import event_lines, event_text
 
     event = CampaignEvent(
         0, 1, 12.5, "action", vin, ActionState(state) if state else None, None, detail
     )
-    assert list(event_rows([event])) == [(12.5, "action", event_text(event))]
+    expected = LogEntry(12.5, "backend x", "action", event_text(event)).line()
+    assert event_lines("backend x", [event]) == [expected]
+
+
+def test_a_fleet_run_without_its_log_entries_has_the_same_fingerprint(tmp_path: Path) -> None:
+    from scenarios.core import execute
+    from scenarios.registry import get_scenario, make_params
+
+    scenario = get_scenario("fleet")
+    params = make_params(scenario, {"vehicles": 600, "on_pause": "resume", "expect": "any"})
+    runs = [
+        execute(scenario, params, seed=4, directory=tmp_path / str(keep), keep_log=keep)
+        for keep in (True, False)
+    ]
+    kept, dropped = runs
+    assert kept.passed and dropped.passed
+    backend = [e for e in kept.log.entries if e.source == "backend"]
+    assert len(backend) > 600  # the backend's events are in the log, each on its line
+    assert dropped.log.count == kept.log.count
+    assert dropped.log.digest() == kept.log.digest()
+    assert dropped.log.entries == []
 
 
 def test_worlds_of_modeled_runs_in_one_process_do_not_pile_up(tmp_path: Path) -> None:

@@ -384,7 +384,7 @@ class _MemoryTx:
         campaign = self._s.campaigns[campaign_key]
         waves = range(len(campaign.wave_sizes)) if wave is None else (wave,)
         # An action already in ``to`` stays as it is, as the SQL store's UPDATE
-        # leaves it out; a tuple, as an enum's hash is a Python call.
+        # leaves it out.
         states = tuple(state for state in states if state is not to)
         if not states:
             return 0
