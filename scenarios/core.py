@@ -104,14 +104,12 @@ class EventLog:
             for at, kind, detail in rows:
                 self.add(at, source, kind, detail)
             return
-        self._flush()
         rows = iter(rows)
         while chunk := [
             f"{at:.6f}\t{source}\t{kind}\t{detail}\n"
             for at, kind, detail in itertools.islice(rows, 4096)
         ]:
-            self.count += len(chunk)
-            self._hash.update("".join(chunk).encode())
+            self.add_lines(chunk)
 
     def add_lines(self, lines: Sequence[str]) -> None:
         """Append lines already in the canonical form of :meth:`LogEntry.line`.
